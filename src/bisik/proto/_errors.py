@@ -1,0 +1,77 @@
+"""Error codes carried by every refused HTTP request and socket event."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+
+class ErrorCode(StrEnum):
+    BAD_REQUEST = "bad_request"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    INVALID_USERNAME = "invalid_username"
+    USERNAME_TAKEN = "username_taken"
+    DEVICE_EXISTS = "device_exists"
+    INVITE_REQUIRED = "invite_required"
+    INVALID_INVITE = "invalid_invite"
+    BAD_SIGNATURE = "bad_signature"
+    UNAUTHORIZED = "unauthorized"
+    TOKEN_EXPIRED = "token_expired"  # noqa: S105 (an error code)
+    UNKNOWN_USER = "unknown_user"
+    UNKNOWN_DEVICE = "unknown_device"
+    NOT_YOUR_ENVELOPE = "not_your_envelope"
+    TOO_MANY_KEYS = "too_many_keys"
+    UNKNOWN_EVENT = "unknown_event"
+    NOT_FOUND = "not_found"
+    INTERNAL = "internal"
+
+
+# HTTP status for each code; socket events carry the code alone.
+HTTP_STATUS: dict[ErrorCode, int] = {
+    ErrorCode.BAD_REQUEST: 400,
+    ErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ErrorCode.INVALID_USERNAME: 400,
+    ErrorCode.USERNAME_TAKEN: 409,
+    ErrorCode.DEVICE_EXISTS: 409,
+    ErrorCode.INVITE_REQUIRED: 403,
+    ErrorCode.INVALID_INVITE: 403,
+    ErrorCode.BAD_SIGNATURE: 400,
+    ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.TOKEN_EXPIRED: 401,
+    ErrorCode.UNKNOWN_USER: 404,
+    ErrorCode.UNKNOWN_DEVICE: 404,
+    ErrorCode.NOT_YOUR_ENVELOPE: 403,
+    ErrorCode.TOO_MANY_KEYS: 400,
+    ErrorCode.UNKNOWN_EVENT: 400,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.INTERNAL: 500,
+}
+
+
+class ProtocolError(Exception):
+    """A request the other side refused, with a machine-readable code.
+
+    Raised by server handlers (turned into an error body) and by the client SDK
+    when the server answers with an error.
+    """
+
+    def __init__(self, code: ErrorCode | str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = ErrorCode(code) if code in ErrorCode.__members__.values() else code
+        self.message = message
+
+    @property
+    def http_status(self) -> int:
+        if isinstance(self.code, ErrorCode):
+            return HTTP_STATUS[self.code]
+        return 400
+
+    def to_body(self) -> dict[str, Any]:
+        return {"error": {"code": str(self.code), "message": self.message}}
+
+    @classmethod
+    def from_body(cls, body: object) -> ProtocolError:
+        if isinstance(body, dict) and isinstance(body.get("error"), dict):
+            err = body["error"]
+            return cls(str(err.get("code", "internal")), str(err.get("message", "")))
+        return cls(ErrorCode.INTERNAL, f"unexpected error body: {str(body)[:200]}")

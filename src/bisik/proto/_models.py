@@ -1,0 +1,201 @@
+"""Pydantic models for every HTTP body and socket event payload.
+
+Every model forbids unknown fields and bounds every size, so a hostile peer
+gets a validation error instead of making the other side allocate without
+limit.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from bisik.proto._errors import ErrorCode, ProtocolError
+
+PROTOCOL_VERSION = 1
+
+USERNAME_RE = re.compile(r"^[a-z0-9._-]{3,32}$")
+
+# Unpadded standard base64, as vodozemac prints keys and signatures.
+Key25519 = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/]{43}$")]
+Signature = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/]{86}$")]
+Username = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+DeviceId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{4,64}$")]
+KeyId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/=_-]{1,64}$")]
+ClientMessageId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{8,64}$")]
+# An Olm ciphertext in base64: generous for a long text message, bounded.
+Ciphertext = Annotated[str, StringConstraints(min_length=1, max_length=256 * 1024)]
+Token = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{20,128}$")]
+
+MAX_KEYS_PER_UPLOAD = 200
+MAX_ENVELOPES_PER_SEND = 1000
+
+
+def validate_username(name: str) -> str:
+    """Return ``name`` if it is a valid username, else raise ``ProtocolError``."""
+    if not USERNAME_RE.match(name):
+        raise ProtocolError(
+            ErrorCode.INVALID_USERNAME,
+            "usernames are 3-32 characters of lowercase a-z, 0-9, '.', '_' or '-'",
+        )
+    return name
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class DeviceSignatures(_Model):
+    identity: Signature  # by the user's identity key
+    device: Signature  # by the device's own Ed25519 key (proof of possession)
+
+
+class DeviceKeys(_Model):
+    """A device's public keys, signed by its owner's identity key."""
+
+    username: Username
+    device_id: DeviceId
+    curve25519: Key25519
+    ed25519: Key25519
+    identity_key: Key25519
+    signatures: DeviceSignatures
+
+
+class SignedKey(_Model):
+    """A one-time or fallback Curve25519 key, signed by the device's Ed25519 key."""
+
+    key_id: KeyId
+    key: Key25519
+    signature: Signature
+
+
+class RegisterRequest(_Model):
+    username: Username
+    invite: Annotated[str, StringConstraints(max_length=128)] | None = None
+    device: DeviceKeys
+    one_time_keys: list[SignedKey] = Field(default_factory=list, max_length=MAX_KEYS_PER_UPLOAD)
+    fallback_key: SignedKey | None = None
+
+
+class RegisterResponse(_Model):
+    username: str
+    device_id: str
+
+
+class ChallengeRequest(_Model):
+    username: Username
+    device_id: DeviceId
+
+
+class ChallengeResponse(_Model):
+    challenge: str
+    expires_at: int  # unix milliseconds
+
+
+class TokenRequest(_Model):
+    username: Username
+    device_id: DeviceId
+    challenge: Annotated[str, StringConstraints(max_length=128)]
+    signature: Signature
+
+
+class TokenResponse(_Model):
+    token: str
+    expires_at: int
+
+
+class UploadKeysRequest(_Model):
+    one_time_keys: list[SignedKey] = Field(default_factory=list, max_length=MAX_KEYS_PER_UPLOAD)
+    fallback_key: SignedKey | None = None
+
+
+class KeyCount(_Model):
+    one_time_keys: int
+    fallback_key: bool
+
+
+class DeviceRef(_Model):
+    username: Username
+    device_id: DeviceId
+
+
+class ClaimRequest(_Model):
+    devices: list[DeviceRef] = Field(min_length=1, max_length=MAX_ENVELOPES_PER_SEND)
+
+
+class ClaimedKey(_Model):
+    username: str
+    device_id: str
+    key: SignedKey
+    fallback: bool
+
+
+class ClaimResponse(_Model):
+    keys: list[ClaimedKey]
+    missing: list[DeviceRef]
+
+
+class DeviceList(_Model):
+    username: str
+    identity_key: str
+    devices: list[DeviceKeys]
+
+
+class InviteCreated(_Model):
+    code: str
+
+
+class OutgoingEnvelope(_Model):
+    """One Olm ciphertext for one recipient device, as the sender submits it."""
+
+    username: Username
+    device_id: DeviceId
+    kind: Literal["olm"] = "olm"
+    type: Literal[0, 1]  # Olm pre-key (0) or normal (1) message
+    body: Ciphertext
+
+
+class SendRequest(_Model):
+    v: Literal[1] = 1
+    client_message_id: ClientMessageId
+    envelopes: list[OutgoingEnvelope] = Field(min_length=1, max_length=MAX_ENVELOPES_PER_SEND)
+
+
+class SendResult(_Model):
+    seq: int
+    ts: int
+    duplicate: bool
+
+
+class Envelope(_Model):
+    """An envelope as delivered to its recipient device."""
+
+    v: Literal[1] = 1
+    id: int
+    seq: int
+    sender: str
+    sender_device: str
+    kind: Literal["olm"] = "olm"
+    type: Literal[0, 1]
+    body: str
+    ts: int
+
+
+class SyncRequest(_Model):
+    after: int = Field(default=0, ge=0)
+    limit: int = Field(default=200, ge=1, le=500)
+
+
+class SyncResult(_Model):
+    envelopes: list[Envelope]
+    more: bool
+
+
+class AckRequest(_Model):
+    ids: list[Annotated[int, Field(ge=1)]] = Field(min_length=1, max_length=1000)
+
+
+class AckResult(_Model):
+    deleted: int

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything the server needs to start.
+
+    Args:
+        data_dir: holds the SQLite database (unless ``database_url`` says otherwise).
+        database_url: SQLAlchemy async URL; ``None`` means SQLite in ``data_dir``.
+        invite_only: registration needs a code from ``bisik server invite``.
+        redis_url: with several server processes, fan-out goes through Redis.
+    """
+
+    data_dir: Path
+    database_url: str | None = None
+    invite_only: bool = False
+    redis_url: str | None = None
+    token_ttl_s: int = 7 * 24 * 3600
+    challenge_ttl_s: int = 120
+    low_key_threshold: int = 10
+    max_body_bytes: int = 1024 * 1024
+    sync_page: int = 200
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'bisik.sqlite3').resolve()}"

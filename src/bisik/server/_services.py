@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bisik.server._config import ServerConfig
+from bisik.server.handlers import (
+    AccountsHandler,
+    AuthHandler,
+    KeysHandler,
+    MessagesHandler,
+    Notifier,
+)
+from bisik.server.stores import AccountStore, AuthStore, KeyStore, MessageStore
+
+
+@dataclass
+class Services:
+    """The handlers, wired to their stores; shared by the HTTP and realtime layers."""
+
+    config: ServerConfig
+    engine: AsyncEngine
+    accounts: AccountsHandler
+    auth: AuthHandler
+    keys: KeysHandler
+    messages: MessagesHandler
+    account_store: AccountStore
+
+    @classmethod
+    def build(cls, config: ServerConfig, engine: AsyncEngine, notifier: Notifier) -> Services:
+        accounts = AccountStore(engine)
+        return cls(
+            config=config,
+            engine=engine,
+            accounts=AccountsHandler(config, accounts),
+            auth=AuthHandler(config, accounts, AuthStore(engine)),
+            keys=KeysHandler(config, accounts, KeyStore(engine), notifier),
+            messages=MessagesHandler(config, accounts, MessageStore(engine), notifier),
+            account_store=accounts,
+        )

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+from bisik.proto import (
+    ClaimedKey,
+    ClaimRequest,
+    ClaimResponse,
+    DeviceRef,
+    KeyCount,
+    SignedKey,
+    UploadKeysRequest,
+)
+from bisik.server._config import ServerConfig
+from bisik.server.handlers._notifier import Notifier
+from bisik.server.handlers.accounts import verify_signed_keys
+from bisik.server.stores import AccountStore, DeviceRow, KeyStore
+
+
+class KeysHandler:
+    """The key directory: one-time keys, fallback keys, atomic claims."""
+
+    def __init__(
+        self, config: ServerConfig, accounts: AccountStore, keys: KeyStore, notifier: Notifier
+    ) -> None:
+        self._config = config
+        self._accounts = accounts
+        self._keys = keys
+        self._notifier = notifier
+
+    async def upload(self, device: DeviceRow, req: UploadKeysRequest) -> KeyCount:
+        one_time, fallback = verify_signed_keys(device.ed25519, req.one_time_keys, req.fallback_key)
+        count, has_fallback = await self._keys.upload(device.pk, one_time, fallback)
+        return KeyCount(one_time_keys=count, fallback_key=has_fallback)
+
+    async def count(self, device: DeviceRow) -> KeyCount:
+        count, has_fallback = await self._keys.counts(device.pk)
+        return KeyCount(one_time_keys=count, fallback_key=has_fallback)
+
+    async def claim(self, req: ClaimRequest) -> ClaimResponse:
+        """Hand out exactly one key per requested device (never the same one-time key twice)."""
+        refs = list(dict.fromkeys((d.username, d.device_id) for d in req.devices))
+        resolved = await self._accounts.resolve_devices(refs)
+        claimed: list[ClaimedKey] = []
+        missing: list[DeviceRef] = []
+        for username, device_id in refs:
+            device_pk = resolved.get((username, device_id))
+            row = await self._keys.claim(device_pk) if device_pk is not None else None
+            if row is None:
+                missing.append(DeviceRef(username=username, device_id=device_id))
+                continue
+            claimed.append(
+                ClaimedKey(
+                    username=username,
+                    device_id=device_id,
+                    key=SignedKey(
+                        key_id=row.key.key_id, key=row.key.public_key, signature=row.key.signature
+                    ),
+                    fallback=row.fallback,
+                )
+            )
+            if row.remaining < self._config.low_key_threshold:
+                await self._notifier.keys_low(row.device_pk, row.remaining)
+        return ClaimResponse(keys=claimed, missing=missing)

@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+from bisik.proto import (
+    AckRequest,
+    AckResult,
+    Envelope,
+    ErrorCode,
+    ProtocolError,
+    SendRequest,
+    SendResult,
+    SyncRequest,
+    SyncResult,
+)
+from bisik.server._clock import now_ms
+from bisik.server._config import ServerConfig
+from bisik.server.handlers._notifier import Notifier
+from bisik.server.stores import AccountStore, DeviceRow, EnvelopeRow, MessageStore, NewEnvelope
+
+
+def _envelope(row: EnvelopeRow) -> Envelope:
+    return Envelope(
+        id=row.id,
+        seq=row.seq,
+        sender=row.sender,
+        sender_device=row.sender_device,
+        kind="olm",
+        type=1 if row.type == 1 else 0,
+        body=row.body,
+        ts=row.ts,
+    )
+
+
+class MessagesHandler:
+    """Store-then-ack message relay with per-device queues."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        accounts: AccountStore,
+        messages: MessageStore,
+        notifier: Notifier,
+    ) -> None:
+        self._config = config
+        self._accounts = accounts
+        self._messages = messages
+        self._notifier = notifier
+
+    async def send(self, sender: DeviceRow, req: SendRequest) -> SendResult:
+        """Store every envelope durably, then push to online recipients.
+
+        Raises:
+            ProtocolError: ``unknown_device`` if any recipient device does not
+                exist (nothing is stored), ``bad_request`` for a device addressed twice.
+        """
+        refs = [(e.username, e.device_id) for e in req.envelopes]
+        if len(set(refs)) != len(refs):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "a device is addressed more than once")
+        resolved = await self._accounts.resolve_devices(refs)
+        unknown = [f"{u}/{d}" for u, d in refs if (u, d) not in resolved]
+        if unknown:
+            raise ProtocolError(
+                ErrorCode.UNKNOWN_DEVICE, f"no such device: {', '.join(unknown[:10])}"
+            )
+        stored = await self._messages.store(
+            sender_pk=sender.pk,
+            sender=sender.username,
+            sender_device=sender.device_id,
+            client_message_id=req.client_message_id,
+            items=[
+                NewEnvelope(resolved[(e.username, e.device_id)], e.kind, e.type, e.body)
+                for e in req.envelopes
+            ],
+            now=now_ms(),
+        )
+        for row in stored.envelopes:
+            await self._notifier.deliver(row.recipient_pk, _envelope(row))
+        return SendResult(seq=stored.seq, ts=stored.ts, duplicate=stored.duplicate)
+
+    async def sync(self, device: DeviceRow, req: SyncRequest) -> SyncResult:
+        rows = await self._messages.pending(device.pk, req.after, req.limit + 1)
+        return SyncResult(
+            envelopes=[_envelope(r) for r in rows[: req.limit]], more=len(rows) > req.limit
+        )
+
+    async def ack(self, device: DeviceRow, req: AckRequest) -> AckResult:
+        deleted, foreign = await self._messages.ack(device.pk, req.ids)
+        if foreign:
+            raise ProtocolError(
+                ErrorCode.NOT_YOUR_ENVELOPE,
+                f"envelopes {foreign[:10]} are not addressed to this device",
+            )
+        return AckResult(deleted=deleted)

@@ -1,0 +1,5 @@
+"""Socket.IO realtime layer, split by concern (auth, message, presence, crypto)."""
+
+from bisik.server.realtime.namespace import BisikNamespace, SocketNotifier, device_room
+
+__all__ = ["BisikNamespace", "SocketNotifier", "device_room"]

@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from bisik.server._services import Services
+from bisik.server.stores import DeviceRow
+
+# An event handler gets the authenticated device and the raw payload and
+# returns the ack body.
+EventHandler = Callable[[DeviceRow, Any], Awaitable[dict[str, Any]]]
+
+
+class Concern(Protocol):
+    """A group of socket events for one area (message, crypto, presence...)."""
+
+    def events(self) -> dict[str, EventHandler]: ...
+
+
+class ConnectionHooks(Protocol):
+    async def on_connected(self, sid: str, device: DeviceRow) -> None: ...
+
+    async def on_disconnected(self, sid: str, device: DeviceRow) -> None: ...
+
+
+class ConcernBase:
+    def __init__(self, services: Services) -> None:
+        self.services = services

@@ -1,0 +1,96 @@
+"""The one Socket.IO namespace, dispatching each event to its concern's handler.
+
+One namespace (one connection per device) keeps the per-connection cost low;
+the concerns stay in their own modules and register their events here.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import socketio
+
+from bisik.proto import Envelope, ErrorCode, ProtocolError
+from bisik.server._services import Services
+from bisik.server.realtime._base import EventHandler
+from bisik.server.realtime.auth import AuthConcern
+from bisik.server.realtime.crypto import CryptoConcern
+from bisik.server.realtime.message import MessageConcern
+from bisik.server.realtime.presence import PresenceConcern
+from bisik.server.stores import DeviceRow
+
+log = logging.getLogger("bisik.server.realtime")
+
+
+def device_room(device_pk: int) -> str:
+    return f"device:{device_pk}"
+
+
+class SocketNotifier:
+    """Pushes to a device's room; with the Redis manager this reaches every process."""
+
+    def __init__(self) -> None:
+        self.sio: socketio.AsyncServer | None = None
+
+    async def deliver(self, device_pk: int, envelope: Envelope) -> None:
+        if self.sio is not None:
+            await self.sio.emit("envelope", envelope.model_dump(), room=device_room(device_pk))
+
+    async def keys_low(self, device_pk: int, count: int) -> None:
+        if self.sio is not None:
+            await self.sio.emit("keys_low", {"count": count}, room=device_room(device_pk))
+
+
+def _error(code: ErrorCode | str, message: str) -> dict[str, Any]:
+    return {"ok": False, "error": {"code": str(code), "message": message}}
+
+
+class BisikNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
+    def __init__(self, services: Services) -> None:
+        super().__init__("/")
+        self._auth = AuthConcern(services)
+        self.presence = PresenceConcern(services)
+        self._handlers: dict[str, EventHandler] = {}
+        for concern in (MessageConcern(services), CryptoConcern(services), self.presence):
+            self._handlers.update(concern.events())
+        self._devices: dict[str, DeviceRow] = {}
+
+    async def trigger_event(self, event: str, *args: Any) -> Any:
+        if event == "connect":
+            sid, _environ, auth = (*args, None)[:3]
+            return await self._connect(sid, auth)
+        if event == "disconnect":
+            return await self._disconnect(args[0])
+        sid = args[0]
+        data = args[1] if len(args) > 1 else None
+        device = self._devices.get(sid)
+        if device is None:
+            return _error(ErrorCode.UNAUTHORIZED, "not authenticated")
+        handler = self._handlers.get(event)
+        if handler is None:
+            return _error(ErrorCode.UNKNOWN_EVENT, f"unknown event {event[:64]!r}")
+        if len(args) > 2:
+            return _error(ErrorCode.BAD_REQUEST, "an event takes exactly one payload")
+        try:
+            result = await handler(device, data)
+        except ProtocolError as exc:
+            return _error(exc.code, exc.message)
+        except Exception:
+            log.exception("unhandled error in event %s", event)
+            return _error(ErrorCode.INTERNAL, "internal server error")
+        return {"ok": True, **result}
+
+    async def _connect(self, sid: str, auth: Any) -> None:
+        device = await self._auth.authenticate(auth)
+        self._devices[sid] = device
+        await self.enter_room(sid, device_room(device.pk))
+        await self.presence.on_connected(sid, device)
+        count = await self._auth.services.keys.count(device)
+        if count.one_time_keys < self._auth.services.config.low_key_threshold:
+            await self.emit("keys_low", {"count": count.one_time_keys}, to=sid)
+
+    async def _disconnect(self, sid: str) -> None:
+        device = self._devices.pop(sid, None)
+        if device is not None:
+            await self.presence.on_disconnected(sid, device)

@@ -1,0 +1,17 @@
+"""One store per area; each public method is one transaction."""
+
+from bisik.server.stores.accounts import AccountStore, DeviceRow
+from bisik.server.stores.auth import AuthStore
+from bisik.server.stores.keys import KeyStore
+from bisik.server.stores.messages import EnvelopeRow, MessageStore, NewEnvelope, StoredMessage
+
+__all__ = [
+    "AccountStore",
+    "AuthStore",
+    "DeviceRow",
+    "EnvelopeRow",
+    "KeyStore",
+    "MessageStore",
+    "NewEnvelope",
+    "StoredMessage",
+]

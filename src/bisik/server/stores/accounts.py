@@ -1,0 +1,215 @@
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bisik.server.stores.schema import devices, fallback_keys, invites, one_time_keys, users
+
+
+class UsernameTaken(Exception):
+    pass
+
+
+class InviteInvalid(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class DeviceRow:
+    pk: int
+    username: str
+    identity_key: str
+    device_id: str
+    curve25519: str
+    ed25519: str
+    identity_signature: str
+    device_signature: str
+
+
+@dataclass(frozen=True)
+class SignedKeyRow:
+    key_id: str
+    public_key: str
+    signature: str
+
+
+_DEVICE_COLUMNS = (
+    devices.c.id,
+    users.c.username,
+    users.c.identity_key,
+    devices.c.device_id,
+    devices.c.curve25519,
+    devices.c.ed25519,
+    devices.c.identity_signature,
+    devices.c.device_signature,
+)
+
+
+def _device(row: Sequence[Any]) -> DeviceRow:
+    return DeviceRow(int(row[0]), row[1], row[2], row[3], row[4], row[5], row[6], row[7])
+
+
+class AccountStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def create_account(
+        self,
+        *,
+        username: str,
+        identity_key: str,
+        device: DeviceRow,
+        one_time: Sequence[SignedKeyRow],
+        fallback: SignedKeyRow | None,
+        invite_hash: bytes | None,
+        now: int,
+    ) -> int:
+        """Create the user, its first device and keys, and spend the invite, atomically.
+
+        Returns the device's primary key.
+        """
+        async with self._engine.begin() as conn:
+            if invite_hash is not None:
+                spent = await conn.execute(
+                    update(invites)
+                    .where(invites.c.code_hash == invite_hash, invites.c.used_at.is_(None))
+                    .values(used_at=now)
+                )
+                if spent.rowcount != 1:
+                    raise InviteInvalid()
+            try:
+                user_pk = (
+                    await conn.execute(
+                        insert(users)
+                        .values(username=username, identity_key=identity_key, created_at=now)
+                        .returning(users.c.id)
+                    )
+                ).scalar_one()
+            except IntegrityError:
+                raise UsernameTaken() from None
+            device_pk = (
+                await conn.execute(
+                    insert(devices)
+                    .values(
+                        user_id=user_pk,
+                        device_id=device.device_id,
+                        curve25519=device.curve25519,
+                        ed25519=device.ed25519,
+                        identity_signature=device.identity_signature,
+                        device_signature=device.device_signature,
+                        created_at=now,
+                    )
+                    .returning(devices.c.id)
+                )
+            ).scalar_one()
+            if invite_hash is not None:
+                await conn.execute(
+                    update(invites)
+                    .where(invites.c.code_hash == invite_hash)
+                    .values(used_by=user_pk)
+                )
+            if one_time:
+                await conn.execute(
+                    insert(one_time_keys),
+                    [
+                        {
+                            "device_pk": device_pk,
+                            "key_id": k.key_id,
+                            "public_key": k.public_key,
+                            "signature": k.signature,
+                        }
+                        for k in one_time
+                    ],
+                )
+            if fallback is not None:
+                await conn.execute(
+                    insert(fallback_keys).values(
+                        device_pk=device_pk,
+                        key_id=fallback.key_id,
+                        public_key=fallback.public_key,
+                        signature=fallback.signature,
+                        used=False,
+                    )
+                )
+            return int(device_pk)
+
+    async def get_device(self, username: str, device_id: str) -> DeviceRow | None:
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(*_DEVICE_COLUMNS)
+                    .join_from(devices, users, devices.c.user_id == users.c.id)
+                    .where(users.c.username == username, devices.c.device_id == device_id)
+                )
+            ).first()
+        return _device(row) if row else None
+
+    async def get_device_by_pk(self, device_pk: int) -> DeviceRow | None:
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(*_DEVICE_COLUMNS)
+                    .join_from(devices, users, devices.c.user_id == users.c.id)
+                    .where(devices.c.id == device_pk)
+                )
+            ).first()
+        return _device(row) if row else None
+
+    async def user_devices(self, username: str) -> tuple[str, list[DeviceRow]] | None:
+        """The user's identity key and devices, or ``None`` if there is no such user."""
+        async with self._engine.connect() as conn:
+            identity = (
+                await conn.execute(select(users.c.identity_key).where(users.c.username == username))
+            ).scalar_one_or_none()
+            if identity is None:
+                return None
+            rows = (
+                await conn.execute(
+                    select(*_DEVICE_COLUMNS)
+                    .join_from(devices, users, devices.c.user_id == users.c.id)
+                    .where(users.c.username == username)
+                    .order_by(devices.c.id)
+                )
+            ).all()
+        return str(identity), [_device(r) for r in rows]
+
+    async def resolve_devices(self, refs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """Map each existing ``(username, device_id)`` to its device primary key."""
+        wanted = set(refs)
+        if not wanted:
+            return {}
+        found: dict[tuple[str, str], int] = {}
+        refs_list = list(wanted)
+        async with self._engine.connect() as conn:
+            for start in range(0, len(refs_list), 200):
+                chunk = refs_list[start : start + 200]
+                rows = await conn.execute(
+                    select(users.c.username, devices.c.device_id, devices.c.id)
+                    .join_from(devices, users, devices.c.user_id == users.c.id)
+                    .where(
+                        or_(
+                            *(
+                                and_(users.c.username == u, devices.c.device_id == d)
+                                for u, d in chunk
+                            )
+                        )
+                    )
+                )
+                for username, device_id, pk in rows:
+                    found[(username, device_id)] = int(pk)
+        return found
+
+    async def add_invite(self, code_hash: bytes, now: int) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(insert(invites).values(code_hash=code_hash, created_at=now))
+
+    async def touch_device(self, device_pk: int, now: int) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                update(devices).where(devices.c.id == device_pk).values(last_seen_at=now)
+            )

@@ -1,0 +1,141 @@
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bisik.server.stores.accounts import SignedKeyRow
+from bisik.server.stores.schema import fallback_keys, one_time_keys
+
+
+@dataclass(frozen=True)
+class ClaimedKeyRow:
+    device_pk: int
+    key: SignedKeyRow
+    fallback: bool
+    remaining: int
+
+
+class KeyStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def upload(
+        self,
+        device_pk: int,
+        one_time: Sequence[SignedKeyRow],
+        fallback: SignedKeyRow | None,
+    ) -> tuple[int, bool]:
+        """Add one-time keys (ignoring key ids already stored) and replace the fallback key.
+
+        Returns the device's one-time key count and whether it has a fallback key.
+        """
+        async with self._engine.begin() as conn:
+            if one_time:
+                existing = set(
+                    (
+                        await conn.execute(
+                            select(one_time_keys.c.key_id).where(
+                                one_time_keys.c.device_pk == device_pk,
+                                one_time_keys.c.key_id.in_([k.key_id for k in one_time]),
+                            )
+                        )
+                    ).scalars()
+                )
+                fresh = {k.key_id: k for k in one_time if k.key_id not in existing}
+                if fresh:
+                    await conn.execute(
+                        insert(one_time_keys),
+                        [
+                            {
+                                "device_pk": device_pk,
+                                "key_id": k.key_id,
+                                "public_key": k.public_key,
+                                "signature": k.signature,
+                            }
+                            for k in fresh.values()
+                        ],
+                    )
+            if fallback is not None:
+                await conn.execute(
+                    delete(fallback_keys).where(fallback_keys.c.device_pk == device_pk)
+                )
+                await conn.execute(
+                    insert(fallback_keys).values(
+                        device_pk=device_pk,
+                        key_id=fallback.key_id,
+                        public_key=fallback.public_key,
+                        signature=fallback.signature,
+                        used=False,
+                    )
+                )
+            return await self._counts(conn, device_pk)
+
+    async def counts(self, device_pk: int) -> tuple[int, bool]:
+        async with self._engine.connect() as conn:
+            return await self._counts(conn, device_pk)
+
+    @staticmethod
+    async def _counts(conn: object, device_pk: int) -> tuple[int, bool]:
+        from sqlalchemy.ext.asyncio import AsyncConnection
+
+        assert isinstance(conn, AsyncConnection)
+        count = (
+            await conn.execute(select(func.count()).where(one_time_keys.c.device_pk == device_pk))
+        ).scalar_one()
+        has_fallback = (
+            await conn.execute(select(func.count()).where(fallback_keys.c.device_pk == device_pk))
+        ).scalar_one()
+        return int(count), bool(has_fallback)
+
+    async def claim(self, device_pk: int) -> ClaimedKeyRow | None:
+        """Take one one-time key of a device, or its fallback key if none is left.
+
+        A one-time key is deleted as it is handed out, in one statement; on
+        PostgreSQL ``SKIP LOCKED`` lets concurrent claims take different keys
+        instead of both waiting for the same row.
+        """
+        oldest = (
+            select(one_time_keys.c.id)
+            .where(one_time_keys.c.device_pk == device_pk)
+            .order_by(one_time_keys.c.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        async with self._engine.begin() as conn:
+            row = (
+                await conn.execute(
+                    delete(one_time_keys)
+                    .where(one_time_keys.c.id == oldest)
+                    .returning(
+                        one_time_keys.c.key_id,
+                        one_time_keys.c.public_key,
+                        one_time_keys.c.signature,
+                    )
+                )
+            ).first()
+            if row is not None:
+                remaining = (
+                    await conn.execute(
+                        select(func.count()).where(one_time_keys.c.device_pk == device_pk)
+                    )
+                ).scalar_one()
+                return ClaimedKeyRow(device_pk, SignedKeyRow(*row), False, int(remaining))
+            fb = (
+                await conn.execute(
+                    update(fallback_keys)
+                    .where(fallback_keys.c.device_pk == device_pk)
+                    .values(used=True)
+                    .returning(
+                        fallback_keys.c.key_id,
+                        fallback_keys.c.public_key,
+                        fallback_keys.c.signature,
+                    )
+                )
+            ).first()
+            if fb is None:
+                return None
+            return ClaimedKeyRow(device_pk, SignedKeyRow(*fb), True, 0)

@@ -1,0 +1,176 @@
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import delete, insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bisik.server.stores.schema import devices, envelopes, messages, users
+
+
+@dataclass(frozen=True)
+class NewEnvelope:
+    recipient_pk: int
+    kind: str
+    type: int
+    body: str
+
+
+@dataclass(frozen=True)
+class EnvelopeRow:
+    id: int
+    seq: int
+    recipient_pk: int
+    sender: str
+    sender_device: str
+    kind: str
+    type: int
+    body: str
+    ts: int
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    seq: int
+    ts: int
+    duplicate: bool
+    envelopes: list[EnvelopeRow]
+
+
+class MessageStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def store(
+        self,
+        *,
+        sender_pk: int,
+        sender: str,
+        sender_device: str,
+        client_message_id: str,
+        items: Sequence[NewEnvelope],
+        now: int,
+    ) -> StoredMessage:
+        """Store a message and all its envelopes in one transaction.
+
+        A message id the sender already used is not stored again: the first
+        message's sequence number comes back with ``duplicate=True``.
+        """
+        try:
+            async with self._engine.begin() as conn:
+                seq = (
+                    await conn.execute(
+                        insert(messages)
+                        .values(
+                            sender_device_pk=sender_pk,
+                            client_message_id=client_message_id,
+                            created_at=now,
+                        )
+                        .returning(messages.c.id)
+                    )
+                ).scalar_one()
+                ids = (
+                    (
+                        await conn.execute(
+                            insert(envelopes).returning(
+                                envelopes.c.id, sort_by_parameter_order=True
+                            ),
+                            [
+                                {
+                                    "message_id": seq,
+                                    "recipient_device_pk": e.recipient_pk,
+                                    "kind": e.kind,
+                                    "type": e.type,
+                                    "body": e.body,
+                                    "created_at": now,
+                                }
+                                for e in items
+                            ],
+                        )
+                    )
+                    .scalars()
+                    .all()
+                )
+        except IntegrityError:
+            async with self._engine.connect() as conn:
+                row = (
+                    await conn.execute(
+                        select(messages.c.id, messages.c.created_at).where(
+                            messages.c.sender_device_pk == sender_pk,
+                            messages.c.client_message_id == client_message_id,
+                        )
+                    )
+                ).first()
+            if row is None:
+                raise
+            return StoredMessage(int(row[0]), int(row[1]), True, [])
+        rows = [
+            EnvelopeRow(
+                int(env_id),
+                int(seq),
+                e.recipient_pk,
+                sender,
+                sender_device,
+                e.kind,
+                e.type,
+                e.body,
+                now,
+            )
+            for env_id, e in zip(ids, items, strict=True)
+        ]
+        return StoredMessage(int(seq), now, False, rows)
+
+    async def pending(self, recipient_pk: int, after: int, limit: int) -> list[EnvelopeRow]:
+        """Envelopes for a device with id > ``after``, oldest first."""
+        async with self._engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(
+                        envelopes.c.id,
+                        envelopes.c.message_id,
+                        envelopes.c.recipient_device_pk,
+                        users.c.username,
+                        devices.c.device_id,
+                        envelopes.c.kind,
+                        envelopes.c.type,
+                        envelopes.c.body,
+                        envelopes.c.created_at,
+                    )
+                    .join_from(envelopes, messages, envelopes.c.message_id == messages.c.id)
+                    .join(devices, messages.c.sender_device_pk == devices.c.id)
+                    .join(users, devices.c.user_id == users.c.id)
+                    .where(envelopes.c.recipient_device_pk == recipient_pk, envelopes.c.id > after)
+                    .order_by(envelopes.c.id)
+                    .limit(limit)
+                )
+            ).all()
+        return [EnvelopeRow(*r) for r in rows]
+
+    async def ack(self, recipient_pk: int, ids: Sequence[int]) -> tuple[int, list[int]]:
+        """Delete acknowledged envelopes of this device.
+
+        Returns ``(deleted, foreign)``: ``foreign`` lists ids that exist but are
+        addressed to another device (nothing is deleted then).
+        """
+        async with self._engine.begin() as conn:
+            foreign = list(
+                (
+                    await conn.execute(
+                        select(envelopes.c.id).where(
+                            envelopes.c.id.in_(list(ids)),
+                            envelopes.c.recipient_device_pk != recipient_pk,
+                        )
+                    )
+                ).scalars()
+            )
+            if foreign:
+                return 0, [int(i) for i in foreign]
+            result = await conn.execute(
+                delete(envelopes).where(
+                    envelopes.c.id.in_(list(ids)),
+                    envelopes.c.recipient_device_pk == recipient_pk,
+                )
+            )
+            return int(result.rowcount), []

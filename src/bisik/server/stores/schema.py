@@ -1,0 +1,117 @@
+"""Table definitions for queries. Alembic migrations (``migrations/``) create them."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+# Autoincrement primary keys must be INTEGER on SQLite to alias the rowid.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+metadata = MetaData()
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("username", String(32), nullable=False, unique=True),
+    Column("identity_key", String(64), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+)
+
+devices = Table(
+    "devices",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("user_id", Id, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("device_id", String(64), nullable=False),
+    Column("curve25519", String(64), nullable=False, unique=True),
+    Column("ed25519", String(64), nullable=False),
+    Column("identity_signature", String(128), nullable=False),
+    Column("device_signature", String(128), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("last_seen_at", BigInteger, nullable=True),
+    UniqueConstraint("user_id", "device_id", name="uq_devices_user_device"),
+)
+
+one_time_keys = Table(
+    "one_time_keys",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("device_pk", Id, ForeignKey("devices.id", ondelete="CASCADE"), nullable=False),
+    Column("key_id", String(64), nullable=False),
+    Column("public_key", String(64), nullable=False),
+    Column("signature", String(128), nullable=False),
+    UniqueConstraint("device_pk", "key_id", name="uq_otk_device_key"),
+)
+
+fallback_keys = Table(
+    "fallback_keys",
+    metadata,
+    Column("device_pk", Id, ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True),
+    Column("key_id", String(64), nullable=False),
+    Column("public_key", String(64), nullable=False),
+    Column("signature", String(128), nullable=False),
+    Column("used", Boolean, nullable=False, default=False),
+)
+
+auth_challenges = Table(
+    "auth_challenges",
+    metadata,
+    Column("challenge", String(64), primary_key=True),
+    Column("device_pk", Id, ForeignKey("devices.id", ondelete="CASCADE"), nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+)
+
+access_tokens = Table(
+    "access_tokens",
+    metadata,
+    # SHA-256 of the token: a database leak does not hand out sessions.
+    Column("token_hash", LargeBinary(32), primary_key=True),
+    Column("device_pk", Id, ForeignKey("devices.id", ondelete="CASCADE"), nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+)
+
+invites = Table(
+    "invites",
+    metadata,
+    Column("code_hash", LargeBinary(32), primary_key=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("used_at", BigInteger, nullable=True),
+    Column("used_by", Id, ForeignKey("users.id", ondelete="SET NULL"), nullable=True),
+)
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("sender_device_pk", Id, ForeignKey("devices.id", ondelete="CASCADE"), nullable=False),
+    Column("client_message_id", String(64), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    UniqueConstraint("sender_device_pk", "client_message_id", name="uq_messages_client_id"),
+)
+
+envelopes = Table(
+    "envelopes",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("message_id", Id, ForeignKey("messages.id", ondelete="CASCADE"), nullable=False),
+    Column("recipient_device_pk", Id, ForeignKey("devices.id", ondelete="CASCADE"), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("type", Integer, nullable=False),
+    Column("body", Text, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Index("ix_envelopes_recipient", "recipient_device_pk", "id"),
+)
