@@ -1,0 +1,588 @@
+"""The async client: transport + Olm machine + encrypted local store.
+
+Every crypto and store mutation runs in one worker task, in order: backlog
+sync, pushed envelopes, outbox flushes and key top-ups. That keeps the Olm
+ratchets and the database in step without locks, and keeps socket handlers
+free to receive the acks the worker waits for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+import pydantic
+
+from bisik.client import _profile
+from bisik.client._devices import DeviceDirectory
+from bisik.client._errors import ClientError, NotConnected, ProfileError
+from bisik.client._models import (
+    ConnectionChanged,
+    DecryptionFailed,
+    DeviceStamp,
+    Event,
+    Message,
+    MessageFailed,
+    MessageReceived,
+    MessageSent,
+    Plaintext,
+    Synced,
+    direct_conversation,
+)
+from bisik.client._profile import OpenProfile
+from bisik.client._store import StoredDevice
+from bisik.client._transport import Transport
+from bisik.crypto import (
+    CryptoError,
+    IdentityKey,
+    KdfParams,
+    OlmDecryptError,
+    OlmMachine,
+    b64decode,
+    b64encode,
+    device_payload,
+)
+from bisik.proto import ErrorCode, ProtocolError, validate_username
+
+log = logging.getLogger("bisik.client")
+
+ONE_TIME_KEY_TARGET = 50
+_DEVICE_ID_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+
+
+def _now() -> int:
+    return int(time.time() * 1000)
+
+
+def _new_device_id() -> str:
+    return "".join(secrets.choice(_DEVICE_ID_ALPHABET) for _ in range(10))
+
+
+class Client:
+    """One device of one account. Open it with ``create_account`` or ``open``.
+
+    Use as an async context manager, or call ``close``.
+    """
+
+    def __init__(self, profile: OpenProfile, machine: OlmMachine, identity: IdentityKey) -> None:
+        store = profile.store
+        self._profile = profile
+        self._store = store
+        self._machine = machine
+        self._identity = identity
+        server = store.get_meta("server_url")
+        username = store.get_meta("username")
+        device_id = store.get_meta("device_id")
+        if server is None or username is None or device_id is None:
+            raise ProfileError("profile is incomplete (was account creation interrupted?)")
+        self.server_url = server
+        self.username = username
+        self.device_id = device_id
+        self._transport = Transport(
+            server, username=username, device_id=device_id, signer=machine.sign
+        )
+        self._devices = DeviceDirectory(store, self._transport)
+        self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
+        self._subscribers: list[asyncio.Queue[Event]] = []
+        self._sent_waiters: dict[str, asyncio.Future[Message]] = {}
+        self.synced = asyncio.Event()
+        self._transport.on("connect", self._on_connect)
+        self._transport.on("disconnect", self._on_disconnect)
+        self._transport.on("envelope", self._on_envelope)
+        self._transport.on("keys_low", self._on_keys_low)
+
+    def __repr__(self) -> str:
+        return f"Client({self.username}/{self.device_id} @ {self.server_url})"
+
+    # -- opening ----------------------------------------------------------------
+
+    @classmethod
+    async def create_account(
+        cls,
+        home: Path,
+        *,
+        server_url: str,
+        username: str,
+        password: str,
+        invite: str | None = None,
+        kdf: KdfParams | None = None,
+    ) -> Client:
+        """Create a profile in ``home`` and register a new account with its first device.
+
+        Raises:
+            ProtocolError: the server refused (``username_taken``, ``invalid_invite``...);
+                nothing is left behind in ``home``.
+        """
+        validate_username(username)
+        profile = _profile.create(home, password, kdf)
+        try:
+            store = profile.store
+            identity = IdentityKey.generate()
+            with store.transaction():
+                machine = OlmMachine.create(profile.pickle_key, store)
+                one_time = machine.generate_one_time_keys(ONE_TIME_KEY_TARGET)
+                fallback = machine.generate_fallback_key()
+            device_id = _new_device_id()
+            payload = device_payload(
+                username=username,
+                device_id=device_id,
+                curve25519=machine.curve25519,
+                ed25519=machine.ed25519,
+                identity_key=identity.public_key,
+            )
+            body = {
+                "username": username,
+                "invite": invite,
+                "device": {
+                    "username": username,
+                    "device_id": device_id,
+                    "curve25519": machine.curve25519,
+                    "ed25519": machine.ed25519,
+                    "identity_key": identity.public_key,
+                    "signatures": {
+                        "identity": identity.sign(payload),
+                        "device": machine.sign(payload),
+                    },
+                },
+                "one_time_keys": one_time,
+                "fallback_key": fallback,
+            }
+            transport = Transport(server_url)
+            try:
+                await transport.request("POST", "/v1/accounts", body, auth=False)
+            finally:
+                await transport.http.aclose()
+            with store.transaction():
+                machine.mark_keys_as_published()
+                store.set_meta("server_url", server_url.rstrip("/"))
+                store.set_meta("username", username)
+                store.set_meta("device_id", device_id)
+                store.set_meta("identity_key", b64encode(identity.private_bytes()))
+                store.pin_identity(username, identity.public_key, _now())
+        except BaseException:
+            profile.close()
+            _profile.destroy(home)
+            raise
+        return cls(profile, machine, identity)
+
+    @classmethod
+    async def open(cls, home: Path, password: str) -> Client:
+        """Unlock an existing profile (``WrongPassword`` if the password is wrong)."""
+        profile = _profile.unlock(home, password)
+        try:
+            pickle = profile.store.load_account()
+            secret = profile.store.get_meta("identity_key")
+            if pickle is None or secret is None:
+                raise ProfileError("profile is incomplete (was account creation interrupted?)")
+            machine = OlmMachine.from_pickle(pickle, profile.pickle_key, profile.store)
+            identity = IdentityKey.from_private_bytes(b64decode(secret))
+            return cls(profile, machine, identity)
+        except BaseException:
+            profile.close()
+            raise
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+            self._worker = None
+        await self._transport.aclose()
+        self._profile.close()
+
+    @property
+    def identity_key(self) -> str:
+        return self._identity.public_key
+
+    @property
+    def connected(self) -> bool:
+        return self._transport.connected
+
+    def change_password(self, old: str, new: str) -> None:
+        """Re-wrap the master key; ``WrongPassword`` if ``old`` is wrong."""
+        _profile.change_password(self._profile.home, old, new)
+
+    # -- events ---------------------------------------------------------------
+
+    def subscribe(self) -> asyncio.Queue[Event]:
+        """A queue that receives every event from now on."""
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+        self._subscribers.append(queue)
+        return queue
+
+    def _emit(self, event: Event) -> None:
+        for queue in self._subscribers:
+            queue.put_nowait(event)
+
+    # -- connection -------------------------------------------------------------
+
+    async def connect(self, *, retry: bool = False, timeout: float = 10.0) -> None:
+        """Connect and start processing. With ``retry``, an unreachable server is
+        retried in the background instead of raising ``NotConnected``."""
+        if self._worker is None:
+            self._worker = asyncio.create_task(self._run(), name=f"bisik-worker-{self.username}")
+        self._emit(ConnectionChanged("connecting"))
+        await self._transport.connect(retry=retry, wait_timeout=timeout)
+
+    async def _on_connect(self) -> None:
+        self._emit(ConnectionChanged("connected"))
+        self._queue.put_nowait(("resync", None))
+
+    async def _on_disconnect(self, reason: Any = None) -> None:
+        self.synced.clear()
+        # Pushed envelopes not yet handled will come again with the next sync,
+        # in order; handling them now could show them out of order.
+        kept = []
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if item[0] != "envelope":
+                kept.append(item)
+        for item in kept:
+            self._queue.put_nowait(item)
+        self._emit(ConnectionChanged("disconnected"))
+
+    async def _on_envelope(self, data: Any) -> None:
+        self._queue.put_nowait(("envelope", data))
+
+    async def _on_keys_low(self, data: Any = None) -> None:
+        self._queue.put_nowait(("replenish", None))
+
+    async def _run(self) -> None:
+        while True:
+            kind, data = await self._queue.get()
+            try:
+                if kind == "resync":
+                    await self._resync()
+                    await self._flush_outbox()
+                elif kind == "envelope":
+                    if self.synced.is_set():
+                        await self._handle_envelopes([data])
+                elif kind == "flush":
+                    await self._flush_outbox()
+                elif kind == "replenish":
+                    await self._replenish_keys()
+            except NotConnected as exc:
+                log.info("worker: %s (will retry on reconnect)", exc)
+            except Exception:
+                log.exception("worker step %s failed", kind)
+
+    # -- receiving --------------------------------------------------------------
+
+    async def _resync(self) -> None:
+        total = 0
+        after = 0
+        while True:
+            page = await self._transport.call("sync", {"after": after, "limit": 200})
+            envelopes = page["envelopes"]
+            total += await self._handle_envelopes(envelopes)
+            if not page["more"] or not envelopes:
+                break
+            after = int(envelopes[-1]["id"])
+        self.synced.set()
+        self._emit(Synced(total))
+
+    async def _handle_envelopes(self, envelopes: list[dict[str, Any]]) -> int:
+        done: list[int] = []
+        received = 0
+        try:
+            for env in envelopes:
+                outcome = await self._handle_envelope(env)
+                if outcome is not None:
+                    done.append(int(env["id"]))
+                    received += outcome == "received"
+        finally:
+            if done and self._transport.connected:
+                with contextlib.suppress(NotConnected, ProtocolError):
+                    await self._transport.call("ack", {"ids": done})
+        return received
+
+    async def _handle_envelope(self, env: dict[str, Any]) -> str | None:
+        """Decrypt, verify and store one envelope; returns the outcome, or ``None``
+        to leave it on the server for later (e.g. sender's keys unreachable)."""
+        try:
+            envelope_id = int(env["id"])
+            sender = str(env["sender"])
+            sender_device = str(env["sender_device"])
+            msg_type = int(env["type"])
+            body = str(env["body"])
+        except (KeyError, TypeError, ValueError):
+            log.warning("dropping a malformed envelope from the server")
+            return None
+        if self._store.is_processed(envelope_id):
+            return "duplicate"
+        try:
+            device = await self._devices.verified_device(sender, sender_device)
+        except NotConnected:
+            return None
+        except (ProtocolError, ClientError) as exc:
+            return self._reject(envelope_id, sender, sender_device, f"unknown sender device: {exc}")
+        if device is None:
+            return self._reject(
+                envelope_id, sender, sender_device, "sender device is not signed by its owner"
+            )
+        try:
+            with self._store.transaction():
+                plaintext = self._machine.decrypt(device.curve25519, msg_type, body)
+                content = self._verify_content(plaintext, device)
+                incoming = content.sender.username != self.username
+                message = Message(
+                    id=content.id,
+                    conversation=direct_conversation(sender if incoming else content.to),
+                    sender=sender,
+                    sender_device=sender_device,
+                    direction="in" if incoming else "out",
+                    body=content.body,
+                    sent_at=content.sent_at,
+                    received_at=_now(),
+                    server_seq=int(env.get("seq", 0)),
+                    state="received" if incoming else "sent",
+                )
+                fresh = self._store.insert_message(
+                    id=message.id,
+                    conversation=message.conversation,
+                    sender=message.sender,
+                    sender_device=message.sender_device,
+                    direction=message.direction,
+                    body=message.body,
+                    sent_at=message.sent_at,
+                    received_at=message.received_at,
+                    state=message.state,
+                    server_seq=message.server_seq,
+                )
+                self._store.mark_processed(envelope_id, "received", _now())
+        except (OlmDecryptError, CryptoError, _InvalidContent) as exc:
+            self._machine.forget_cached_sessions()
+            return self._reject(envelope_id, sender, sender_device, str(exc))
+        except BaseException:
+            self._machine.forget_cached_sessions()
+            raise
+        if fresh:
+            self._emit(MessageReceived(message))
+        return "received"
+
+    def _reject(self, envelope_id: int, sender: str, sender_device: str, reason: str) -> str:
+        log.warning("dropping envelope %d from %s/%s", envelope_id, sender, sender_device)
+        with self._store.transaction():
+            self._store.mark_processed(envelope_id, "rejected", _now())
+        self._emit(DecryptionFailed(sender, sender_device, envelope_id, reason))
+        return "rejected"
+
+    def _verify_content(self, plaintext: bytes, device: StoredDevice) -> Plaintext:
+        try:
+            content = Plaintext.model_validate_json(plaintext)
+        except pydantic.ValidationError:
+            raise _InvalidContent("decrypted content is not a valid message") from None
+        if (
+            content.sender.username != device.username
+            or content.sender.device_id != device.device_id
+            or content.sender.ed25519 != device.ed25519
+        ):
+            raise _InvalidContent("content names another sender than the envelope")
+        if (
+            content.recipient.username != self.username
+            or content.recipient.device_id != self.device_id
+            or content.recipient.ed25519 != self._machine.ed25519
+        ):
+            raise _InvalidContent("content was encrypted for another device")
+        return content
+
+    # -- sending ---------------------------------------------------------------
+
+    async def send_text(self, peer: str, text: str) -> Message:
+        """Queue a text message to ``peer`` and start sending it.
+
+        The message is stored locally at once (state ``pending``) and sent as
+        soon as there is a connection; ``wait_sent`` waits for the server's ack.
+
+        Raises:
+            ProtocolError: ``unknown_user`` if connected and ``peer`` does not exist.
+            IdentityKeyChanged: the peer's identity key changed and was not acknowledged.
+        """
+        validate_username(peer)
+        if not text:
+            raise ClientError("cannot send an empty message")
+        if len(text) > 60_000:
+            raise ClientError("message too long (60,000 characters at most)")
+        if self._transport.connected:
+            await self._devices.recipient_devices(peer, refresh=False)
+        now = _now()
+        message = Message(
+            id=secrets.token_urlsafe(16),
+            conversation=direct_conversation(peer),
+            sender=self.username,
+            sender_device=self.device_id,
+            direction="out",
+            body=text,
+            sent_at=now,
+            received_at=now,
+            server_seq=None,
+            state="pending",
+        )
+        with self._store.transaction():
+            self._store.insert_message(
+                id=message.id,
+                conversation=message.conversation,
+                sender=message.sender,
+                sender_device=message.sender_device,
+                direction="out",
+                body=text,
+                sent_at=now,
+                received_at=now,
+                state="pending",
+            )
+            self._store.add_outbox(
+                message.id, message.conversation, {"to": peer, "body": text, "sent_at": now}, now
+            )
+        self._sent_waiters.setdefault(message.id, asyncio.get_running_loop().create_future())
+        self._queue.put_nowait(("flush", None))
+        return message
+
+    async def wait_sent(self, message_id: str, timeout: float) -> Message:
+        """Wait until the server has stored the message; ``TimeoutError`` otherwise."""
+        row = self._store.message(self.username, message_id)
+        if row is not None and row[9] in ("sent", "failed"):
+            return Message.from_row(row)
+        future = self._sent_waiters.setdefault(
+            message_id, asyncio.get_running_loop().create_future()
+        )
+        return await asyncio.wait_for(asyncio.shield(future), timeout)
+
+    def pending_count(self) -> int:
+        return len(self._store.outbox())
+
+    async def _flush_outbox(self) -> None:
+        if not self.synced.is_set():
+            return
+        for item in self._store.outbox():
+            try:
+                envelopes = item.envelopes
+                if envelopes is None:
+                    envelopes = await self._encrypt_for(item.message_id, item.payload)
+                    with self._store.transaction():
+                        self._store.set_outbox_envelopes(item.message_id, envelopes)
+                result = await self._transport.call(
+                    "send", {"client_message_id": item.message_id, "envelopes": envelopes}
+                )
+            except ProtocolError as exc:
+                if exc.code == ErrorCode.UNKNOWN_DEVICE and item.envelopes is not None:
+                    # The device list changed since we encrypted: encrypt again.
+                    with self._store.transaction():
+                        self._store.set_outbox_envelopes(item.message_id, None)
+                    self._devices.forget(item.payload["to"])
+                    self._queue.put_nowait(("flush", None))
+                    return
+                self._fail(item.message_id, str(exc))
+                continue
+            except ClientError as exc:
+                if isinstance(exc, NotConnected):
+                    raise
+                self._fail(item.message_id, str(exc))
+                continue
+            with self._store.transaction():
+                self._store.mark_sent(
+                    self.username, item.message_id, int(result["seq"]), int(result["ts"])
+                )
+                self._store.remove_outbox(item.message_id)
+            row = self._store.message(self.username, item.message_id)
+            if row is not None:
+                message = Message.from_row(row)
+                self._emit(MessageSent(message))
+                future = self._sent_waiters.pop(item.message_id, None)
+                if future is not None and not future.done():
+                    future.set_result(message)
+
+    def _fail(self, message_id: str, reason: str) -> None:
+        with self._store.transaction():
+            self._store.mark_failed(self.username, message_id)
+            self._store.remove_outbox(message_id)
+        self._emit(MessageFailed(message_id, reason))
+        future = self._sent_waiters.pop(message_id, None)
+        row = self._store.message(self.username, message_id)
+        if future is not None and not future.done() and row is not None:
+            future.set_result(Message.from_row(row))
+
+    async def _encrypt_for(self, message_id: str, payload: dict[str, Any]) -> list[dict[str, Any]]:
+        """One Olm envelope per device of the peer and per other device of ours."""
+        peer = str(payload["to"])
+        targets = await self._devices.recipient_devices(peer, refresh=True)
+        if peer != self.username:
+            targets += await self._devices.recipient_devices(self.username, refresh=True)
+        targets = [
+            d for d in targets if (d.username, d.device_id) != (self.username, self.device_id)
+        ]
+        if not any(d.username == peer for d in targets) and peer != self.username:
+            raise ClientError(f"{peer} has no verified device to send to")
+        await self._devices.ensure_sessions(self._machine, targets)
+        sender = DeviceStamp(
+            username=self.username, device_id=self.device_id, ed25519=self._machine.ed25519
+        )
+        envelopes: list[dict[str, Any]] = []
+        with self._store.transaction():
+            for device in targets:
+                content = Plaintext(
+                    type="text",
+                    id=message_id,
+                    sender=sender,
+                    recipient=DeviceStamp(
+                        username=device.username, device_id=device.device_id, ed25519=device.ed25519
+                    ),
+                    to=peer,
+                    sent_at=int(payload["sent_at"]),
+                    body=str(payload["body"]),
+                )
+                msg_type, body = self._machine.encrypt(
+                    device.curve25519, content.model_dump_json().encode()
+                )
+                envelopes.append(
+                    {
+                        "username": device.username,
+                        "device_id": device.device_id,
+                        "type": msg_type,
+                        "body": body,
+                    }
+                )
+        return envelopes
+
+    # -- keys -------------------------------------------------------------------
+
+    async def _replenish_keys(self) -> None:
+        count = (await self._transport.call("keys_count", {}))["one_time_keys"]
+        missing = ONE_TIME_KEY_TARGET - int(count)
+        if missing <= 0:
+            return
+        with self._store.transaction():
+            keys = self._machine.generate_one_time_keys(missing)
+        await self._transport.call("keys_upload", {"one_time_keys": keys})
+        with self._store.transaction():
+            self._machine.mark_keys_as_published()
+
+    # -- reading ----------------------------------------------------------------
+
+    def history(self, peer: str, limit: int = 100, before: int | None = None) -> list[Message]:
+        """The last ``limit`` messages with ``peer``, oldest first."""
+        rows = self._store.history(direct_conversation(peer), limit, before)
+        return [Message.from_row(r) for r in rows]
+
+    def conversations(self) -> list[tuple[str, str]]:
+        """``(conversation_id, last_message_body)``, most recent first."""
+        return [(c, body) for c, _, body in self._store.conversations()]
+
+    async def trust_identity(self, username: str) -> None:
+        """Acknowledge a changed identity key of ``username`` (after verifying it)."""
+        await self._devices.trust(username)
+
+
+class _InvalidContent(ClientError):
+    pass

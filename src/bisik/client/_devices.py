@@ -1,0 +1,160 @@
+"""Contacts' device lists: fetched from the server, trusted only when signed.
+
+A device counts only if its owner's identity key signed it (and it signed
+itself). The first identity key seen for a user is pinned (trust on first
+use); a different one later blocks sending until the user acknowledges it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+from urllib.parse import quote
+
+from bisik.client._errors import ClientError, IdentityKeyChanged
+from bisik.client._store import LocalStore, StoredDevice
+from bisik.client._transport import Transport
+from bisik.crypto import (
+    CryptoError,
+    OlmMachine,
+    SignatureError,
+    device_payload,
+    one_time_key_payload,
+    verify_ed25519,
+)
+
+log = logging.getLogger("bisik.client.devices")
+
+# How long a fetched device list is used before asking the server again.
+DEVICE_LIST_TTL_S = 300.0
+
+
+def _now() -> int:
+    return int(time.time() * 1000)
+
+
+def _verified(username: str, identity_key: str, raw: dict[str, Any]) -> StoredDevice | None:
+    try:
+        payload = device_payload(
+            username=raw["username"],
+            device_id=raw["device_id"],
+            curve25519=raw["curve25519"],
+            ed25519=raw["ed25519"],
+            identity_key=raw["identity_key"],
+        )
+        if raw["username"] != username or raw["identity_key"] != identity_key:
+            return None
+        verify_ed25519(identity_key, payload, raw["signatures"]["identity"])
+        verify_ed25519(raw["ed25519"], payload, raw["signatures"]["device"])
+    except (KeyError, TypeError, SignatureError):
+        return None
+    return StoredDevice(username, raw["device_id"], raw["curve25519"], raw["ed25519"], identity_key)
+
+
+class DeviceDirectory:
+    def __init__(self, store: LocalStore, transport: Transport) -> None:
+        self._store = store
+        self._transport = transport
+        self._fetched: dict[str, float] = {}
+
+    def forget(self, username: str) -> None:
+        self._fetched.pop(username, None)
+
+    async def _fetch(self, username: str) -> list[StoredDevice]:
+        data = await self._transport.request("GET", f"/v1/users/{quote(username, safe='')}/devices")
+        identity_key = str(data["identity_key"])
+        devices = []
+        for raw in data["devices"]:
+            device = _verified(username, identity_key, raw)
+            if device is None:
+                log.warning("ignoring a device of %s not signed by their identity key", username)
+                continue
+            devices.append(device)
+        now = _now()
+        with self._store.transaction():
+            pinned = self._store.pinned_identity(username)
+            if pinned is None:
+                self._store.pin_identity(username, identity_key, now)
+            elif pinned[0] != identity_key:
+                self._store.mark_identity_changed(username, identity_key)
+            self._store.replace_devices(username, devices, now)
+        self._fetched[username] = time.monotonic()
+        return devices
+
+    def _check_identity(self, username: str) -> None:
+        pinned = self._store.pinned_identity(username)
+        if pinned is not None and pinned[1] is not None:
+            raise IdentityKeyChanged(username, pinned[0], pinned[1])
+
+    async def recipient_devices(self, username: str, *, refresh: bool) -> list[StoredDevice]:
+        """The verified devices to encrypt to (fetching if unknown or stale).
+
+        Raises:
+            IdentityKeyChanged: the user's identity key changed and was not acknowledged.
+            ProtocolError: ``unknown_user``.
+        """
+        fetched = self._fetched.get(username)
+        stale = fetched is None or time.monotonic() - fetched > DEVICE_LIST_TTL_S
+        devices = self._store.devices_of(username)
+        if not devices or (refresh and stale):
+            devices = await self._fetch(username)
+        self._check_identity(username)
+        return devices
+
+    async def verified_device(self, username: str, device_id: str) -> StoredDevice | None:
+        """A sender's device, refreshing the list once if it is not known yet."""
+        device = self._store.device(username, device_id)
+        if device is None:
+            await self._fetch(username)
+            device = self._store.device(username, device_id)
+        return device
+
+    async def trust(self, username: str) -> None:
+        pinned = self._store.pinned_identity(username)
+        if pinned is None or pinned[1] is None:
+            return
+        with self._store.transaction():
+            self._store.pin_identity(username, pinned[1], _now())
+        await self._fetch(username)
+
+    async def ensure_sessions(self, machine: OlmMachine, devices: list[StoredDevice]) -> None:
+        """Start an Olm session with every device that has none, from claimed keys.
+
+        Raises:
+            ClientError: no key could be claimed for any device of someone.
+        """
+        needed = [d for d in devices if not machine.has_session(d.curve25519)]
+        if not needed:
+            return
+        claimed = await self._transport.request(
+            "POST",
+            "/v1/keys/claim",
+            {"devices": [{"username": d.username, "device_id": d.device_id} for d in needed]},
+        )
+        by_ref = {(d.username, d.device_id): d for d in needed}
+        with self._store.transaction():
+            try:
+                for item in claimed["keys"]:
+                    device = by_ref.get((item["username"], item["device_id"]))
+                    if device is None:
+                        continue
+                    key = item["key"]
+                    payload = one_time_key_payload(
+                        key_id=key["key_id"], key=key["key"], fallback=bool(item["fallback"])
+                    )
+                    try:
+                        verify_ed25519(device.ed25519, payload, key["signature"])
+                    except SignatureError:
+                        log.warning(
+                            "claimed key of %s is not signed by the device", device.username
+                        )
+                        continue
+                    machine.create_outbound_session(device.curve25519, key["key"])
+            except (CryptoError, KeyError, TypeError):
+                machine.forget_cached_sessions()
+                raise
+        lacking = [d for d in needed if not machine.has_session(d.curve25519)]
+        if lacking:
+            names = ", ".join(f"{d.username}/{d.device_id}" for d in lacking)
+            raise ClientError(f"no one-time key could be claimed for {names}")

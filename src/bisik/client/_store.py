@@ -1,0 +1,361 @@
+"""The client's local database: SQLCipher, keyed from the master key.
+
+The file is unreadable without the password: SQLCipher encrypts every page
+with the raw 256-bit key derived from the master key (never the password
+itself), and vodozemac pickles inside it are encrypted a second time with the
+pickle key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlcipher3
+
+from bisik.client._errors import ProfileError
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS account (id INTEGER PRIMARY KEY CHECK (id = 1), pickle TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS olm_sessions (
+    their_key TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    pickle TEXT NOT NULL,
+    used_at INTEGER NOT NULL,
+    PRIMARY KEY (their_key, session_id)
+);
+CREATE TABLE IF NOT EXISTS identities (
+    username TEXT PRIMARY KEY,
+    identity_key TEXT NOT NULL,
+    first_seen INTEGER NOT NULL,
+    changed_to TEXT
+);
+CREATE TABLE IF NOT EXISTS devices (
+    username TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    curve25519 TEXT NOT NULL,
+    ed25519 TEXT NOT NULL,
+    identity_key TEXT NOT NULL,
+    fetched_at INTEGER NOT NULL,
+    PRIMARY KEY (username, device_id)
+);
+CREATE INDEX IF NOT EXISTS devices_curve ON devices (curve25519);
+CREATE TABLE IF NOT EXISTS messages (
+    rowid INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL,
+    conversation TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    sender_device TEXT NOT NULL,
+    direction TEXT NOT NULL CHECK (direction IN ('in', 'out')),
+    body TEXT NOT NULL,
+    sent_at INTEGER NOT NULL,
+    received_at INTEGER NOT NULL,
+    server_seq INTEGER,
+    state TEXT NOT NULL,
+    UNIQUE (sender, id)
+);
+CREATE INDEX IF NOT EXISTS messages_conversation ON messages (conversation, rowid);
+CREATE TABLE IF NOT EXISTS outbox (
+    message_id TEXT PRIMARY KEY,
+    conversation TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    envelopes TEXT,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS processed_envelopes (
+    envelope_id INTEGER PRIMARY KEY,
+    outcome TEXT NOT NULL,
+    at INTEGER NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class StoredDevice:
+    username: str
+    device_id: str
+    curve25519: str
+    ed25519: str
+    identity_key: str
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    message_id: str
+    conversation: str
+    payload: dict[str, Any]
+    envelopes: list[dict[str, Any]] | None
+
+
+class LocalStore:
+    """Synchronous SQLCipher store; also the ``SessionStore`` of the Olm machine."""
+
+    def __init__(self, conn: sqlcipher3.Connection) -> None:
+        self._conn = conn
+        self._depth = 0
+
+    @classmethod
+    def open(cls, path: Path, key: bytes) -> LocalStore:
+        """Open (or create) the database with a raw 32-byte key.
+
+        Raises:
+            ProfileError: if the key does not open the file.
+        """
+        conn = sqlcipher3.connect(str(path), isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA key = \"x'{key.hex()}'\"")
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlcipher3.DatabaseError as exc:
+            conn.close()
+            raise ProfileError("the local database does not open with this key") from exc
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA secure_delete=ON")
+        conn.executescript(_SCHEMA)
+        conn.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+            (str(SCHEMA_VERSION),),
+        )
+        return cls(conn)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __repr__(self) -> str:
+        return "LocalStore(<encrypted>)"
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """A write transaction; nested use joins the outer one."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        self._conn.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        else:
+            self._conn.execute("COMMIT")
+        finally:
+            self._depth = 0
+
+    def _exec(self, sql: str, params: tuple[Any, ...] = ()) -> sqlcipher3.Cursor:
+        return self._conn.execute(sql, params)
+
+    # -- meta -----------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._exec("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return str(row[0]) if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._exec(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    # -- SessionStore ---------------------------------------------------------------
+
+    def load_account(self) -> str | None:
+        row = self._exec("SELECT pickle FROM account WHERE id = 1").fetchone()
+        return str(row[0]) if row else None
+
+    def save_account(self, pickle: str) -> None:
+        self._exec(
+            "INSERT INTO account (id, pickle) VALUES (1, ?) "
+            "ON CONFLICT (id) DO UPDATE SET pickle = excluded.pickle",
+            (pickle,),
+        )
+
+    def load_sessions(self, their_key: str) -> list[str]:
+        rows = self._exec(
+            "SELECT pickle FROM olm_sessions WHERE their_key = ? ORDER BY used_at DESC",
+            (their_key,),
+        ).fetchall()
+        return [str(r[0]) for r in rows]
+
+    def save_session(self, their_key: str, session_id: str, pickle: str) -> None:
+        self._exec(
+            "INSERT INTO olm_sessions (their_key, session_id, pickle, used_at) "
+            "VALUES (?, ?, ?, (SELECT coalesce(max(used_at), 0) + 1 FROM olm_sessions)) "
+            "ON CONFLICT (their_key, session_id) DO UPDATE SET "
+            "pickle = excluded.pickle, used_at = excluded.used_at",
+            (their_key, session_id, pickle),
+        )
+
+    # -- identities and devices ----------------------------------------------------
+
+    def pinned_identity(self, username: str) -> tuple[str, str | None] | None:
+        """``(pinned_key, changed_to)`` for a contact, or ``None`` if never seen."""
+        row = self._exec(
+            "SELECT identity_key, changed_to FROM identities WHERE username = ?", (username,)
+        ).fetchone()
+        return (str(row[0]), row[1]) if row else None
+
+    def pin_identity(self, username: str, identity_key: str, now: int) -> None:
+        self._exec(
+            "INSERT INTO identities (username, identity_key, first_seen, changed_to) "
+            "VALUES (?, ?, ?, NULL) ON CONFLICT (username) DO UPDATE SET "
+            "identity_key = excluded.identity_key, changed_to = NULL",
+            (username, identity_key, now),
+        )
+
+    def mark_identity_changed(self, username: str, new_key: str) -> None:
+        self._exec("UPDATE identities SET changed_to = ? WHERE username = ?", (new_key, username))
+
+    def replace_devices(self, username: str, devices: list[StoredDevice], now: int) -> None:
+        with self.transaction():
+            self._exec("DELETE FROM devices WHERE username = ?", (username,))
+            for d in devices:
+                self._exec(
+                    "INSERT INTO devices VALUES (?, ?, ?, ?, ?, ?)",
+                    (d.username, d.device_id, d.curve25519, d.ed25519, d.identity_key, now),
+                )
+
+    def devices_of(self, username: str) -> list[StoredDevice]:
+        rows = self._exec(
+            "SELECT username, device_id, curve25519, ed25519, identity_key FROM devices "
+            "WHERE username = ? ORDER BY device_id",
+            (username,),
+        ).fetchall()
+        return [StoredDevice(*r) for r in rows]
+
+    def device(self, username: str, device_id: str) -> StoredDevice | None:
+        row = self._exec(
+            "SELECT username, device_id, curve25519, ed25519, identity_key FROM devices "
+            "WHERE username = ? AND device_id = ?",
+            (username, device_id),
+        ).fetchone()
+        return StoredDevice(*row) if row else None
+
+    # -- messages -------------------------------------------------------------
+
+    def insert_message(
+        self,
+        *,
+        id: str,
+        conversation: str,
+        sender: str,
+        sender_device: str,
+        direction: str,
+        body: str,
+        sent_at: int,
+        received_at: int,
+        state: str,
+        server_seq: int | None = None,
+    ) -> bool:
+        """Insert a message; ``False`` if ``(sender, id)`` is already stored."""
+        cur = self._exec(
+            "INSERT OR IGNORE INTO messages (id, conversation, sender, sender_device, direction, "
+            "body, sent_at, received_at, server_seq, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                id,
+                conversation,
+                sender,
+                sender_device,
+                direction,
+                body,
+                sent_at,
+                received_at,
+                server_seq,
+                state,
+            ),
+        )
+        return bool(cur.rowcount)
+
+    def mark_sent(self, sender: str, message_id: str, server_seq: int, ts: int) -> None:
+        self._exec(
+            "UPDATE messages SET state = 'sent', server_seq = ?, received_at = ? "
+            "WHERE sender = ? AND id = ?",
+            (server_seq, ts, sender, message_id),
+        )
+
+    def mark_failed(self, sender: str, message_id: str) -> None:
+        self._exec(
+            "UPDATE messages SET state = 'failed' WHERE sender = ? AND id = ?",
+            (sender, message_id),
+        )
+
+    def message(self, sender: str, message_id: str) -> tuple[Any, ...] | None:
+        row = self._exec(
+            "SELECT id, conversation, sender, sender_device, direction, body, sent_at, "
+            "received_at, server_seq, state FROM messages WHERE sender = ? AND id = ?",
+            (sender, message_id),
+        ).fetchone()
+        return tuple(row) if row else None
+
+    def history(self, conversation: str, limit: int, before: int | None) -> list[tuple[Any, ...]]:
+        """The newest ``limit`` messages of a conversation, returned oldest first."""
+        rows = self._exec(
+            "SELECT id, conversation, sender, sender_device, direction, body, sent_at, "
+            "received_at, server_seq, state, rowid FROM messages "
+            "WHERE conversation = ? AND rowid < ? ORDER BY rowid DESC LIMIT ?",
+            (conversation, before if before is not None else 2**62, limit),
+        ).fetchall()
+        return [tuple(r) for r in reversed(rows)]
+
+    def conversations(self) -> list[tuple[str, int, str]]:
+        rows = self._exec(
+            "SELECT conversation, max(rowid), "
+            "(SELECT body FROM messages m2 WHERE m2.rowid = max(m.rowid)) "
+            "FROM messages m GROUP BY conversation ORDER BY max(rowid) DESC"
+        ).fetchall()
+        return [(str(r[0]), int(r[1]), str(r[2])) for r in rows]
+
+    # -- outbox ---------------------------------------------------------------
+
+    def add_outbox(
+        self, message_id: str, conversation: str, payload: dict[str, Any], now: int
+    ) -> None:
+        self._exec(
+            "INSERT INTO outbox (message_id, conversation, payload, envelopes, created_at) "
+            "VALUES (?, ?, ?, NULL, ?)",
+            (message_id, conversation, json.dumps(payload), now),
+        )
+
+    def outbox(self) -> list[OutboxItem]:
+        rows = self._exec(
+            "SELECT message_id, conversation, payload, envelopes FROM outbox ORDER BY created_at"
+        ).fetchall()
+        return [
+            OutboxItem(str(r[0]), str(r[1]), json.loads(r[2]), json.loads(r[3]) if r[3] else None)
+            for r in rows
+        ]
+
+    def set_outbox_envelopes(self, message_id: str, envelopes: list[dict[str, Any]] | None) -> None:
+        self._exec(
+            "UPDATE outbox SET envelopes = ? WHERE message_id = ?",
+            (json.dumps(envelopes) if envelopes is not None else None, message_id),
+        )
+
+    def remove_outbox(self, message_id: str) -> None:
+        self._exec("DELETE FROM outbox WHERE message_id = ?", (message_id,))
+
+    # -- envelopes already handled ------------------------------------------------
+
+    def is_processed(self, envelope_id: int) -> bool:
+        row = self._exec(
+            "SELECT 1 FROM processed_envelopes WHERE envelope_id = ?", (envelope_id,)
+        ).fetchone()
+        return row is not None
+
+    def mark_processed(self, envelope_id: int, outcome: str, now: int) -> None:
+        self._exec(
+            "INSERT OR IGNORE INTO processed_envelopes (envelope_id, outcome, at) VALUES (?, ?, ?)",
+            (envelope_id, outcome, now),
+        )

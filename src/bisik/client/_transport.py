@@ -1,0 +1,178 @@
+"""HTTP (httpx) and Socket.IO transport for one device, with token authentication."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+import socketio
+
+from bisik.client._errors import NotConnected
+from bisik.crypto import auth_payload
+from bisik.proto import ErrorCode, ProtocolError
+
+log = logging.getLogger("bisik.client.transport")
+
+Signer = Callable[[bytes], str]
+Handler = Callable[..., Awaitable[None]]
+
+
+class Transport:
+    """Talks to one server as one device.
+
+    The socket reconnects by itself with exponential backoff (0.5 s up to 5 s,
+    randomised); each attempt fetches a fresh token by challenge-response.
+    """
+
+    def __init__(
+        self,
+        server_url: str,
+        *,
+        username: str | None = None,
+        device_id: str | None = None,
+        signer: Signer | None = None,
+        http_timeout: float = 15.0,
+    ) -> None:
+        self.server_url = server_url.rstrip("/")
+        self._username = username
+        self._device_id = device_id
+        self._signer = signer
+        self._token: str | None = None
+        self.http = httpx.AsyncClient(base_url=self.server_url, timeout=http_timeout)
+        self.sio = socketio.AsyncClient(
+            reconnection=True,
+            reconnection_delay=0.5,
+            reconnection_delay_max=5,
+            handle_sigint=False,
+        )
+        self.last_connect_error: ProtocolError | None = None
+        self.sio.on("connect_error", self._on_connect_error)
+
+    def __repr__(self) -> str:
+        return f"Transport({self.server_url!r}, device={self._username}/{self._device_id})"
+
+    async def aclose(self) -> None:
+        await self.sio.disconnect()
+        await self.http.aclose()
+
+    # -- HTTP -----------------------------------------------------------------
+
+    async def request(
+        self, method: str, path: str, body: dict[str, Any] | None = None, *, auth: bool = True
+    ) -> dict[str, Any]:
+        """One HTTP call; raises ``ProtocolError`` for an error answer, ``NotConnected``
+        if the server cannot be reached."""
+        for attempt in range(2):
+            headers = {}
+            if auth:
+                headers["Authorization"] = f"Bearer {await self.token()}"
+            try:
+                resp = await self.http.request(method, path, json=body, headers=headers)
+            except httpx.TransportError as exc:
+                raise NotConnected(f"cannot reach {self.server_url}: {exc!r}") from exc
+            data = resp.json() if resp.content else {}
+            if resp.status_code < 400:
+                return dict(data)
+            err = ProtocolError.from_body(data)
+            if (
+                auth
+                and attempt == 0
+                and err.code in (ErrorCode.TOKEN_EXPIRED, ErrorCode.UNAUTHORIZED)
+            ):
+                self._token = None
+                continue
+            raise err
+        raise AssertionError("unreachable")
+
+    async def token(self) -> str:
+        if self._token is None:
+            self._token = await self._fresh_token()
+        return self._token
+
+    async def _fresh_token(self) -> str:
+        if self._username is None or self._device_id is None or self._signer is None:
+            raise NotConnected("this transport has no device to authenticate as")
+        challenge = await self.request(
+            "POST",
+            "/v1/auth/challenge",
+            {"username": self._username, "device_id": self._device_id},
+            auth=False,
+        )
+        signature = self._signer(
+            auth_payload(
+                challenge=challenge["challenge"],
+                username=self._username,
+                device_id=self._device_id,
+            )
+        )
+        answer = await self.request(
+            "POST",
+            "/v1/auth/token",
+            {
+                "username": self._username,
+                "device_id": self._device_id,
+                "challenge": challenge["challenge"],
+                "signature": signature,
+            },
+            auth=False,
+        )
+        return str(answer["token"])
+
+    # -- Socket.IO --------------------------------------------------------------
+
+    def on(self, event: str, handler: Handler) -> None:
+        self.sio.on(event, handler)
+
+    @property
+    def connected(self) -> bool:
+        # The namespace is registered before the "connect" handler runs, while
+        # ``sio.connected`` only turns true after it.
+        return "/" in self.sio.namespaces
+
+    async def _socket_auth(self) -> dict[str, str]:
+        # A fresh token per attempt: a reconnect after a long outage must not
+        # fail on an expired one.
+        self._token = await self._fresh_token()
+        return {"token": self._token}
+
+    async def _on_connect_error(self, data: Any = None) -> None:
+        code = ErrorCode.INTERNAL.value
+        message = "connection refused"
+        if isinstance(data, dict):
+            message = str(data.get("message", message))
+            extra = data.get("data")
+            if isinstance(extra, dict) and "code" in extra:
+                code = str(extra["code"])
+        self.last_connect_error = ProtocolError(code, message)
+        log.info("connection refused: %s", message)
+
+    async def connect(self, *, retry: bool, wait_timeout: float = 10.0) -> None:
+        """Open the socket. With ``retry`` a failed first attempt keeps retrying in the
+        background (the outbox waits); without, it raises ``NotConnected``."""
+        try:
+            await self.sio.connect(
+                self.server_url,
+                auth=self._socket_auth,
+                transports=["websocket"],
+                wait_timeout=wait_timeout,
+                retry=retry,
+            )
+        except socketio.exceptions.ConnectionError as exc:
+            reason = self.last_connect_error
+            if reason is not None:
+                raise reason from None
+            raise NotConnected(f"cannot connect to {self.server_url}: {exc}") from None
+
+    async def call(self, event: str, data: Any, timeout: float = 15.0) -> dict[str, Any]:
+        """Emit an event and wait for its ack; raises ``ProtocolError`` if refused."""
+        try:
+            result = await self.sio.call(event, data, timeout=timeout)
+        except (socketio.exceptions.TimeoutError, socketio.exceptions.BadNamespaceError) as exc:
+            raise NotConnected(f"{event}: no answer from the server ({exc!r})") from None
+        if not isinstance(result, dict):
+            raise ProtocolError(ErrorCode.INTERNAL, f"unexpected answer to {event}")
+        if not result.get("ok"):
+            raise ProtocolError.from_body(result)
+        return result

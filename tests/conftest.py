@@ -1,0 +1,173 @@
+"""Shared fixtures: a real Bisik server (uvicorn, in this event loop) and real clients.
+
+Set ``BISIK_TEST_POSTGRES_URL`` (e.g. ``postgresql://postgres@127.0.0.1:5432/test``)
+to run every server test on PostgreSQL as well as SQLite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+
+from bisik.client import Client, KdfParams
+from bisik.server import ServerConfig, create_app
+
+POSTGRES_URL = os.environ.get("BISIK_TEST_POSTGRES_URL")
+REDIS_URL = os.environ.get("BISIK_TEST_REDIS_URL")
+
+# Cheap Argon2id for the many throwaway profiles tests create; the at-rest
+# tests use the real defaults.
+FAST_KDF = KdfParams(time_cost=1, memory_cost_kib=8 * 1024, parallelism=1)
+PASSWORD = "correct horse battery staple"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RunningServer:
+    """A real server on a loopback port; can be stopped and started again."""
+
+    def __init__(self, config: ServerConfig, port: int) -> None:
+        self.config = config
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self._server: uvicorn.Server | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.app: Any = None
+
+    async def start(self) -> None:
+        self.app = create_app(self.config)
+        uv_config = uvicorn.Config(
+            self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on",
+            timeout_graceful_shutdown=3,
+        )
+        self._server = uvicorn.Server(uv_config)
+        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._task = asyncio.create_task(self._server.serve())
+        for _ in range(500):
+            if self._server.started:
+                return
+            if self._task.done():
+                self._task.result()
+            await asyncio.sleep(0.01)
+        raise RuntimeError("server did not start")
+
+    async def stop(self) -> None:
+        if self._server is not None and self._task is not None:
+            self._server.should_exit = True
+            await asyncio.wait_for(self._task, 15)
+        self._server = None
+        self._task = None
+
+    @property
+    def services(self) -> Any:
+        return self.app.other_asgi_app.state.services
+
+
+async def _postgres_database() -> tuple[str, Callable[[], Awaitable[None]]]:
+    import asyncpg
+
+    assert POSTGRES_URL is not None
+    name = f"bisik_test_{secrets.token_hex(6)}"
+    admin = await asyncpg.connect(POSTGRES_URL)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    base = POSTGRES_URL.rsplit("/", 1)[0]
+    url = f"{base}/{name}".replace("postgresql://", "postgresql+asyncpg://", 1)
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(POSTGRES_URL)
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.close()
+
+    return url, drop
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request: pytest.FixtureRequest) -> str:
+    if request.param == "postgres" and not POSTGRES_URL:
+        pytest.skip("PostgreSQL run: set BISIK_TEST_POSTGRES_URL (CI does)")
+    return str(request.param)
+
+
+@pytest.fixture
+async def server_factory(
+    tmp_path: Path, database: str
+) -> AsyncIterator[Callable[..., Awaitable[RunningServer]]]:
+    started: list[RunningServer] = []
+    cleanups: list[Callable[[], Awaitable[None]]] = []
+
+    async def factory(**overrides: Any) -> RunningServer:
+        db_url = None
+        if database == "postgres":
+            db_url, drop = await _postgres_database()
+            cleanups.append(drop)
+        config = ServerConfig(
+            data_dir=tmp_path / f"server{len(started)}", database_url=db_url, **overrides
+        )
+        server = RunningServer(config, free_port())
+        await server.start()
+        started.append(server)
+        return server
+
+    yield factory
+    for server in started:
+        await server.stop()
+    for cleanup in cleanups:
+        await cleanup()
+
+
+@pytest.fixture
+async def server(server_factory: Callable[..., Awaitable[RunningServer]]) -> RunningServer:
+    return await server_factory()
+
+
+ClientFactory = Callable[..., Awaitable[Client]]
+
+
+@pytest.fixture
+async def make_client(tmp_path: Path, server: RunningServer) -> AsyncIterator[ClientFactory]:
+    """Create an account with its own home and connect it (``connect=False`` to skip)."""
+    clients: list[Client] = []
+
+    async def factory(username: str, *, connect: bool = True, **kwargs: Any) -> Client:
+        client = await Client.create_account(
+            tmp_path / "homes" / username,
+            server_url=kwargs.pop("server_url", server.url),
+            username=username,
+            password=kwargs.pop("password", PASSWORD),
+            kdf=kwargs.pop("kdf", FAST_KDF),
+            **kwargs,
+        )
+        clients.append(client)
+        if connect:
+            await client.connect()
+            await asyncio.wait_for(client.synced.wait(), 10)
+        return client
+
+    yield factory
+    for client in clients:
+        try:
+            await client.close()
+        except Exception:
+            pass
+
+
+async def next_event(queue: asyncio.Queue[Any], kind: type, timeout: float = 10.0) -> Any:
+    """The next event of ``kind`` from a client subscription."""
+    async with asyncio.timeout(timeout):
+        while True:
+            event = await queue.get()
+            if isinstance(event, kind):
+                return event
