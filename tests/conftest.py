@@ -7,18 +7,17 @@ to run every server test on PostgreSQL as well as SQLite.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 
 from bisik.client import Client, KdfParams
-from bisik.server import ServerConfig, create_app
+from bisik.server import EmbeddedServer, ServerConfig, free_port
 
 POSTGRES_URL = os.environ.get("BISIK_TEST_POSTGRES_URL")
 REDIS_URL = os.environ.get("BISIK_TEST_REDIS_URL")
@@ -29,50 +28,7 @@ FAST_KDF = KdfParams(time_cost=1, memory_cost_kib=8 * 1024, parallelism=1)
 PASSWORD = "correct horse battery staple"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class RunningServer:
-    """A real server on a loopback port; can be stopped and started again."""
-
-    def __init__(self, config: ServerConfig, port: int) -> None:
-        self.config = config
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        self._server: uvicorn.Server | None = None
-        self._task: asyncio.Task[None] | None = None
-        self.app: Any = None
-
-    async def start(self) -> None:
-        self.app = create_app(self.config)
-        uv_config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on",
-            timeout_graceful_shutdown=3,
-        )
-        self._server = uvicorn.Server(uv_config)
-        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-        self._task = asyncio.create_task(self._server.serve())
-        for _ in range(500):
-            if self._server.started:
-                return
-            if self._task.done():
-                self._task.result()
-            await asyncio.sleep(0.01)
-        raise RuntimeError("server did not start")
-
-    async def stop(self) -> None:
-        if self._server is not None and self._task is not None:
-            self._server.should_exit = True
-            await asyncio.wait_for(self._task, 15)
-        self._server = None
-        self._task = None
-
-    @property
-    def services(self) -> Any:
-        return self.app.other_asgi_app.state.services
+RunningServer = EmbeddedServer
 
 
 async def _postgres_database() -> tuple[str, Callable[[], Awaitable[None]]]:
@@ -158,10 +114,8 @@ async def make_client(tmp_path: Path, server: RunningServer) -> AsyncIterator[Cl
 
     yield factory
     for client in clients:
-        try:
+        with contextlib.suppress(Exception):
             await client.close()
-        except Exception:
-            pass
 
 
 async def next_event(queue: asyncio.Queue[Any], kind: type, timeout: float = 10.0) -> Any:

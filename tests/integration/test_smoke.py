@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from bisik.client import MessageReceived
-
 from tests.conftest import ClientFactory, next_event
 
 

@@ -575,6 +575,19 @@ class Client:
         rows = self._store.history(direct_conversation(peer), limit, before)
         return [Message.from_row(r) for r in rows]
 
+    def unread(self, limit: int = 10_000) -> list[Message]:
+        """Incoming messages not yet returned by ``unread`` (a cursor kept in the profile).
+
+        ``bisik receive`` uses it, so messages fetched while another command was
+        connected are still shown once.
+        """
+        cursor = int(self._store.get_meta("unread_cursor") or 0)
+        rows = self._store.incoming_after(cursor, limit)
+        if rows:
+            with self._store.transaction():
+                self._store.set_meta("unread_cursor", str(rows[-1][10]))
+        return [Message.from_row(r) for r in rows]
+
     def conversations(self) -> list[tuple[str, str]]:
         """``(conversation_id, last_message_body)``, most recent first."""
         return [(c, body) for c, _, body in self._store.conversations()]

@@ -359,3 +359,13 @@ class LocalStore:
             "INSERT OR IGNORE INTO processed_envelopes (envelope_id, outcome, at) VALUES (?, ?, ?)",
             (envelope_id, outcome, now),
         )
+
+    def incoming_after(self, rowid: int, limit: int) -> list[tuple[Any, ...]]:
+        """Incoming messages stored after ``rowid`` (the last column is the rowid)."""
+        rows = self._exec(
+            "SELECT id, conversation, sender, sender_device, direction, body, sent_at, "
+            "received_at, server_seq, state, rowid FROM messages "
+            "WHERE direction = 'in' AND rowid > ? ORDER BY rowid LIMIT ?",
+            (rowid, limit),
+        ).fetchall()
+        return [tuple(r) for r in rows]

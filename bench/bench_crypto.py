@@ -1,0 +1,271 @@
+"""Crypto costs on this machine: Argon2id unlock, and Olm through Bisik's wrappers.
+
+Run: ``.venv/bin/python bench/bench_crypto.py [--unlock-runs N] [--budget SECONDS]``
+
+(a) ``KeyFile.unlock`` with the default ``KdfParams`` (t=3, m=64 MiB, p=4).
+(b) Olm encrypt+decrypt, one message = one encrypt by the sender plus one decrypt
+    by the receiver, in three tiers:
+
+    raw       vodozemac.Session.encrypt / decrypt, no pickling, no store
+    dict      ``OlmMachine`` with an in-memory dict ``SessionStore``: adds the
+              per-operation session pickle (encrypted with the pickle key),
+              base64 and ``AnyOlmMessage.from_parts``
+    sqlcipher ``OlmMachine`` on a real ``LocalStore`` (SQLCipher, WAL,
+              synchronous=FULL) in a temp dir, each operation inside its own
+              ``store.transaction()`` as the client does: adds the UPSERT and
+              a durable COMMIT per encrypt and per decrypt
+
+    and two traffic patterns:
+
+    ping-pong a sends, b decrypts and replies, a decrypts (direction changes
+              every message, so every message starts a new DH ratchet step)
+    burst     a sends to b only (symmetric chain ratchet only)
+
+Figures are printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import vodozemac
+from _common import banner, median, percentile, summary_line
+
+from bisik.client._store import LocalStore
+from bisik.crypto import KdfParams, OlmMachine, create_master_key
+
+PASSWORD = "correct horse battery staple"
+
+# About the size of a real Plaintext JSON (sender/recipient stamps, ids, a short text).
+PAYLOAD = json.dumps(
+    {
+        "v": 1,
+        "type": "text",
+        "id": "Xq3d0cM1f4pQyUe8yq3S9A",
+        "sender": {"username": "alice", "device_id": "ABCDEFGHJK", "ed25519": "A" * 43},
+        "recipient": {"username": "bob", "device_id": "KJHGFEDCBA", "ed25519": "B" * 43},
+        "to": "bob",
+        "sent_at": 1_700_000_000_000,
+        "body": "see you at the station at eight, bring the tickets please",
+    }
+).encode()
+
+
+# -- (a) Argon2id ------------------------------------------------------------------
+
+
+def bench_unlock(runs: int) -> dict[str, float]:
+    params = KdfParams()
+    t0 = time.perf_counter()
+    keyfile, _ = create_master_key(PASSWORD, params)
+    wrap_s = time.perf_counter() - t0
+    keyfile.unlock(PASSWORD)  # warm-up: first touch of the 64 MiB arena
+    samples = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        keyfile.unlock(PASSWORD)
+        samples.append(time.perf_counter() - t0)
+    ms = [s * 1000 for s in samples]
+    print(
+        f"(a) Argon2id KeyFile.unlock, default KdfParams "
+        f"(t={params.time_cost}, m={params.memory_cost_kib // 1024} MiB, p={params.parallelism})"
+    )
+    print(f"    create_master_key (wrap, one call): {wrap_s * 1000:7.1f} ms")
+    print(
+        f"    unlock over {runs} calls (after 1 warm-up): "
+        f"median {median(ms):.1f} ms  p95 {percentile(ms, 95):.1f} ms  "
+        f"min {min(ms):.1f} ms  max {max(ms):.1f} ms"
+    )
+    print("    (p95 is linearly interpolated; with ~10 samples it is close to the max)")
+    print()
+    return {"median_ms": median(ms), "p95_ms": percentile(ms, 95)}
+
+
+# -- (b) Olm -----------------------------------------------------------------------
+
+
+class DictStore:
+    """An in-memory ``SessionStore``: same interface as ``LocalStore``, no I/O."""
+
+    def __init__(self) -> None:
+        self.account: str | None = None
+        self.sessions: dict[str, dict[str, str]] = {}
+        self._used: dict[tuple[str, str], int] = {}
+        self._clock = 0
+
+    def save_account(self, pickle: str) -> None:
+        self.account = pickle
+
+    def load_sessions(self, their_key: str) -> list[str]:
+        by_id = self.sessions.get(their_key, {})
+        order = sorted(by_id, key=lambda sid: self._used[(their_key, sid)], reverse=True)
+        return [by_id[sid] for sid in order]
+
+    def save_session(self, their_key: str, session_id: str, pickle: str) -> None:
+        self._clock += 1
+        self.sessions.setdefault(their_key, {})[session_id] = pickle
+        self._used[(their_key, session_id)] = self._clock
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        yield
+
+
+Step = Callable[[], None]
+
+
+def _run_for(step: Step, budget_s: float, batch: int) -> tuple[int, float]:
+    """Call ``step`` in batches until ``budget_s`` has passed; (messages, seconds)."""
+    done = 0
+    t0 = time.perf_counter()
+    while True:
+        for _ in range(batch):
+            step()
+        done += batch
+        elapsed = time.perf_counter() - t0
+        if elapsed >= budget_s:
+            return done, elapsed
+
+
+class RawPair:
+    """Two vodozemac sessions talking directly (no pickles, no store)."""
+
+    def __init__(self) -> None:
+        a, b = vodozemac.Account(), vodozemac.Account()
+        b.generate_one_time_keys(1)
+        otk = next(iter(b.one_time_keys.values()))
+        b.mark_keys_as_published()
+        self.a = a.create_outbound_session(b.curve25519_key, otk)
+        first = self.a.encrypt(PAYLOAD)
+        pre_key = first.to_pre_key()
+        assert pre_key is not None
+        self.b, _ = b.create_inbound_session(a.curve25519_key, pre_key)
+        # b's reply makes a stop sending pre-key messages, as in WrappedPair.
+        self.b_to_a()
+
+    def a_to_b(self) -> None:
+        self.b.decrypt(self.a.encrypt(PAYLOAD))
+
+    def b_to_a(self) -> None:
+        self.a.decrypt(self.b.encrypt(PAYLOAD))
+
+
+class WrappedPair:
+    """Two ``OlmMachine``s, each on its own store, every operation in a transaction."""
+
+    def __init__(self, store_a: LocalStore | DictStore, store_b: LocalStore | DictStore) -> None:
+        self.store_a, self.store_b = store_a, store_b
+        _, master_a = create_master_key(PASSWORD, KdfParams(1, 8 * 1024, 1))
+        _, master_b = create_master_key(PASSWORD, KdfParams(1, 8 * 1024, 1))
+        with store_a.transaction():
+            self.a = OlmMachine.create(master_a.derive("pickle"), store_a)
+        with store_b.transaction():
+            self.b = OlmMachine.create(master_b.derive("pickle"), store_b)
+            otk = self.b.generate_one_time_keys(1)[0]["key"]
+            self.b.mark_keys_as_published()
+        self.ka, self.kb = self.a.curve25519, self.b.curve25519
+        with store_a.transaction():
+            self.a.create_outbound_session(self.kb, otk)
+        # Establish: a's pre-key message, then b's reply, so both sides use normal messages.
+        self.a_to_b()
+        self.b_to_a()
+
+    def a_to_b(self) -> None:
+        with self.store_a.transaction():
+            msg_type, body = self.a.encrypt(self.kb, PAYLOAD)
+        with self.store_b.transaction():
+            self.b.decrypt(self.ka, msg_type, body)
+
+    def b_to_a(self) -> None:
+        with self.store_b.transaction():
+            msg_type, body = self.b.encrypt(self.ka, PAYLOAD)
+        with self.store_a.transaction():
+            self.a.decrypt(self.kb, msg_type, body)
+
+
+def _ping_pong(pair: RawPair | WrappedPair) -> Step:
+    def step() -> None:
+        pair.a_to_b()
+        pair.b_to_a()
+
+    return step
+
+
+def bench_olm(budget_s: float) -> dict[str, float]:
+    results: dict[tuple[str, str], float] = {}
+    with tempfile.TemporaryDirectory(prefix="bisik-bench-") as tmp:
+        store_a = LocalStore.open(Path(tmp) / "a.db", create_master_key(PASSWORD)[1].derive("db"))
+        store_b = LocalStore.open(Path(tmp) / "b.db", create_master_key(PASSWORD)[1].derive("db"))
+        try:
+            tiers: list[tuple[str, Callable[[], RawPair | WrappedPair], int]] = [
+                ("raw vodozemac", RawPair, 200),
+                ("wrapper + dict store", lambda: WrappedPair(DictStore(), DictStore()), 50),
+                ("wrapper + SQLCipher", lambda: WrappedPair(store_a, store_b), 10),
+            ]
+            for tier, make, batch in tiers:
+                pair = make()
+                for pattern, step, per_step in (
+                    ("ping-pong", _ping_pong(pair), 2),
+                    ("burst a->b", pair.a_to_b, 1),
+                ):
+                    _run_for(step, min(0.2, budget_s / 4), batch)  # warm-up
+                    steps, elapsed = _run_for(step, budget_s, batch)
+                    results[(tier, pattern)] = steps * per_step / elapsed
+        finally:
+            store_a.close()
+            store_b.close()
+
+    print(
+        f"(b) Olm encrypt+decrypt of a {len(PAYLOAD)}-byte payload "
+        f"(1 msg = 1 encrypt + 1 decrypt), ~{budget_s:.1f} s per cell"
+    )
+    print(
+        "    sqlcipher: LocalStore (WAL, synchronous=FULL), one store.transaction() "
+        "per encrypt and per decrypt"
+    )
+    header = f"    {'tier':<22} {'pattern':<11} {'msgs/s':>10} {'us/msg':>9} {'x raw':>7}"
+    print(header)
+    print("    " + "-" * (len(header) - 4))
+    for (tier, pattern), rate in results.items():
+        raw = results[("raw vodozemac", pattern)]
+        print(
+            f"    {tier:<22} {pattern:<11} {rate:10.0f} {1e6 / rate:9.1f} {raw / rate:6.1f}x"
+        )
+    print()
+    for pattern in ("ping-pong", "burst a->b"):
+        raw = results[("raw vodozemac", pattern)]
+        mem = results[("wrapper + dict store", pattern)]
+        sql = results[("wrapper + SQLCipher", pattern)]
+        print(
+            f"    {pattern}: pickling/wrapper cost {1e6 / mem - 1e6 / raw:7.1f} us/msg; "
+            f"SQLCipher + COMMIT cost {1e6 / sql - 1e6 / mem:7.1f} us/msg "
+            f"({(1e6 / sql - 1e6 / mem) / 2:.1f} us per transaction)"
+        )
+    print()
+    return {f"{tier} {pattern}": rate for (tier, pattern), rate in results.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--unlock-runs", type=int, default=10)
+    parser.add_argument("--budget", type=float, default=1.5, help="seconds per Olm cell")
+    args = parser.parse_args()
+
+    banner("bench_crypto: Argon2id unlock and Olm round trips")
+    unlock = bench_unlock(args.unlock_runs)
+    olm = bench_olm(args.budget)
+
+    summary_line("argon2id unlock median (default params)", f"{unlock['median_ms']:.1f} ms")
+    summary_line("argon2id unlock p95 (default params)", f"{unlock['p95_ms']:.1f} ms")
+    for name, rate in olm.items():
+        summary_line(f"olm {name}", f"{rate:.0f} msgs/s")
+
+
+if __name__ == "__main__":
+    main()

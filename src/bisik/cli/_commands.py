@@ -1,0 +1,155 @@
+"""The client-side commands; each opens the profile, does one job, closes it."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+from bisik.cli._output import Output
+from bisik.client import Client, ClientError, MessageReceived, NotConnected, ProtocolError
+
+PasswordReader = Callable[..., str]
+
+
+@contextlib.asynccontextmanager
+async def opened(home: Path, read_password: PasswordReader) -> AsyncIterator[Client]:
+    client = await Client.open(home, read_password())
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def connect(client: Client, out: Output, *, required: bool) -> bool:
+    """Connect and fetch the backlog; ``False`` if the server is unreachable."""
+    try:
+        await client.connect()
+        await asyncio.wait_for(client.synced.wait(), 30)
+    except (NotConnected, TimeoutError) as exc:
+        if required:
+            raise NotConnected(f"cannot reach {client.server_url}") from exc
+        out.emit(
+            {"event": "offline", "server": client.server_url},
+            f"(offline: {client.server_url} unreachable)",
+        )
+        return False
+    return True
+
+
+async def dispatch(
+    args: argparse.Namespace, home: Path, out: Output, read_password: PasswordReader
+) -> int:
+    if args.command == "account":
+        return await account(args, home, out, read_password)
+    if args.command == "demo":
+        from bisik.cli._demo import run_demo
+
+        return await run_demo(args, out)
+    async with opened(home, read_password) as client:
+        if args.command == "send":
+            return await send(client, args, out)
+        if args.command == "receive":
+            return await receive(client, args, out)
+        if args.command == "history":
+            for message in client.history(args.user, limit=args.limit):
+                out.message(message)
+            return 0
+        if args.command == "conversations":
+            for conversation, last in client.conversations():
+                out.emit({"conversation": conversation, "last": last}, f"{conversation}: {last}")
+            return 0
+        if args.command == "trust":
+            await connect(client, out, required=True)
+            await client.trust_identity(args.user)
+            out.emit({"event": "trusted", "user": args.user}, f"trusting {args.user}'s new key")
+            return 0
+        if args.command == "chat":
+            from bisik.cli._chat import run_chat
+
+            return await run_chat(client, args.user, out)
+    raise ClientError(f"unknown command {args.command}")
+
+
+async def account(
+    args: argparse.Namespace, home: Path, out: Output, read_password: PasswordReader
+) -> int:
+    if args.account_command == "create":
+        password = read_password(confirm=True)
+        client = await Client.create_account(
+            home,
+            server_url=args.server,
+            username=args.username,
+            password=password,
+            invite=args.invite,
+        )
+        async with client:
+            out.emit(
+                {
+                    "event": "account_created",
+                    "username": client.username,
+                    "device_id": client.device_id,
+                    "server": client.server_url,
+                    "identity_key": client.identity_key,
+                },
+                f"created {client.username} (device {client.device_id}) on {client.server_url}",
+            )
+        return 0
+    if args.account_command == "password":
+        old = read_password()
+        new = read_password(confirm=True, env="BISIK_NEW_PASSWORD", prompt="New password: ")
+        async with opened(home, lambda: old) as client:
+            client.change_password(old, new)
+        out.emit({"event": "password_changed"}, "password changed")
+        return 0
+    async with opened(home, read_password) as client:
+        out.emit(
+            {
+                "username": client.username,
+                "device_id": client.device_id,
+                "server": client.server_url,
+                "identity_key": client.identity_key,
+            },
+            f"{client.username} (device {client.device_id}) on {client.server_url}\n"
+            f"identity key: {client.identity_key}",
+        )
+    return 0
+
+
+async def send(client: Client, args: argparse.Namespace, out: Output) -> int:
+    online = await connect(client, out, required=False)
+    message = await client.send_text(args.user, args.text)
+    if not online:
+        out.message(message, event="queued")
+        return 0
+    try:
+        message = await client.wait_sent(message.id, timeout=args.wait)
+    except TimeoutError:
+        out.message(message, event="queued")
+        return 0
+    out.message(message, event="sent")
+    return 0 if message.state == "sent" else 1
+
+
+async def receive(client: Client, args: argparse.Namespace, out: Output) -> int:
+    events = client.subscribe()
+    await connect(client, out, required=True)
+    for message in client.unread():
+        out.message(message)
+    if args.wait > 0:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + args.wait
+        while (left := deadline - loop.time()) > 0:
+            try:
+                event = await asyncio.wait_for(events.get(), left)
+            except TimeoutError:
+                break
+            if isinstance(event, MessageReceived):
+                for message in client.unread():
+                    out.message(message)
+    return 0
+
+
+__all__ = ["ProtocolError", "dispatch"]

@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from bisik import __version__
+from bisik.cli import _commands, _server
+from bisik.cli._output import Output
+from bisik.client import ClientError, ProtocolError, WrongPassword
+from bisik.crypto import CryptoError
+
+
+def default_home() -> Path:
+    env = os.environ.get("BISIK_HOME")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "bisik"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bisik", description="Bisik: end-to-end encrypted messaging you can host yourself."
+    )
+    parser.add_argument("--version", action="version", version=f"bisik {__version__}")
+    parser.add_argument(
+        "--home", type=Path, default=None, help="client profile directory (env BISIK_HOME)"
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log to stderr")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    _server.add_parser(sub)
+
+    account = sub.add_parser("account", help="create or inspect this profile's account")
+    acc_sub = account.add_subparsers(dest="account_command", required=True, metavar="ACTION")
+    create = acc_sub.add_parser("create", help="register a new account with this device")
+    create.add_argument("--server", required=True, help="server URL, e.g. http://127.0.0.1:8765")
+    create.add_argument("--username", required=True)
+    create.add_argument("--invite", help="invite code, if the server is invite-only")
+    acc_sub.add_parser("info", help="show username, device and keys")
+    acc_sub.add_parser("password", help="change the profile password (env BISIK_NEW_PASSWORD)")
+
+    send = sub.add_parser("send", help="send a text message")
+    send.add_argument("user")
+    send.add_argument("text")
+    send.add_argument(
+        "--wait", type=float, default=15.0, help="seconds to wait for the server (default 15)"
+    )
+
+    receive = sub.add_parser("receive", help="fetch, decrypt and print new messages")
+    receive.add_argument(
+        "--wait", type=float, default=0.0, help="keep listening this many seconds after the backlog"
+    )
+
+    history = sub.add_parser("history", help="show the conversation with a user")
+    history.add_argument("user")
+    history.add_argument("--limit", type=int, default=50)
+
+    chat = sub.add_parser("chat", help="interactive chat with a user")
+    chat.add_argument("user")
+
+    trust = sub.add_parser("trust", help="accept a contact's new identity key (after verifying)")
+    trust.add_argument("user")
+
+    sub.add_parser("conversations", help="list conversations")
+
+    demo = sub.add_parser("demo", help="embedded server + you + an echo bot, ready to chat")
+    demo.add_argument("--data", type=Path, default=None, help="keep demo data here")
+    demo.add_argument("--port", type=int, default=0)
+    return parser
+
+
+def read_password(
+    *, confirm: bool = False, env: str = "BISIK_PASSWORD", prompt: str = "Password: "
+) -> str:
+    value = os.environ.get(env)
+    if value is not None:
+        return value
+    if not sys.stdin.isatty():
+        raise ClientError(f"no password: set {env} or run in a terminal")
+    password = getpass.getpass(prompt)
+    if confirm and getpass.getpass("Repeat: ") != password:
+        raise ClientError("the passwords differ")
+    return password
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.ERROR,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    out = Output(args.json)
+    home = args.home or default_home()
+    try:
+        if args.command == "server":
+            return _server.run(args)
+        return asyncio.run(_commands.dispatch(args, home, out, read_password))
+    except KeyboardInterrupt:
+        return 130
+    except WrongPassword:
+        out.error("wrong_password", "wrong password")
+    except ProtocolError as exc:
+        out.error(str(exc.code), f"{exc.code}: {exc.message}")
+    except (ClientError, CryptoError) as exc:
+        out.error(type(exc).__name__, str(exc))
+    return 1

@@ -1,0 +1,80 @@
+"""``bisik server``: run the server, or mint an invite code."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from bisik.server import ServerConfig, create_app
+
+
+def add_parser(sub: Any) -> None:
+    server = sub.add_parser("server", help="run a Bisik server (or: server invite)")
+    server.add_argument(
+        "action", nargs="?", choices=["run", "invite"], default="run", help="default: run"
+    )
+    server.add_argument("--host", default="127.0.0.1")
+    server.add_argument("--port", type=int, default=8765)
+    server.add_argument("--data", type=Path, default=Path("bisik-data"), help="data directory")
+    server.add_argument(
+        "--database-url",
+        default=None,
+        help="SQLAlchemy URL, e.g. postgresql+asyncpg://user@host/db (default: SQLite in --data)",
+    )
+    server.add_argument("--invite-only", action="store_true", help="registration needs an invite")
+    server.add_argument("--redis-url", default=None, help="Redis for fan-out across processes")
+
+
+def config_from(args: argparse.Namespace) -> ServerConfig:
+    url = args.database_url
+    if url and url.startswith("postgresql://"):
+        url = url.replace("postgresql://", "postgresql+asyncpg://", 1)
+    return ServerConfig(
+        data_dir=args.data,
+        database_url=url,
+        invite_only=args.invite_only,
+        redis_url=args.redis_url,
+    )
+
+
+async def _mint_invite(config: ServerConfig) -> str:
+    from bisik.server._db import create_engine, migrate
+    from bisik.server.handlers import AccountsHandler
+    from bisik.server.stores import AccountStore
+
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(config.resolved_database_url)
+    try:
+        await migrate(engine)
+        return await AccountsHandler(config, AccountStore(engine)).create_invite()
+    finally:
+        await engine.dispose()
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from(args)
+    if args.action == "invite":
+        code = asyncio.run(_mint_invite(config))
+        if args.json:
+            print(f'{{"invite": "{code}"}}')
+        else:
+            print(code)
+        return 0
+    logging.getLogger("bisik").setLevel(logging.INFO)
+    print(f"bisik server on http://{args.host}:{args.port} (data: {config.data_dir})", flush=True)
+    uvicorn.run(
+        create_app(config),
+        host=args.host,
+        port=args.port,
+        log_level="info" if args.verbose else "warning",
+        # Access logs would record who fetched whose keys, and when: the server
+        # keeps no record it does not need.
+        access_log=False,
+        ws="websockets",
+    )
+    return 0
