@@ -28,6 +28,8 @@ async def connect(client: Client, out: Output, *, required: bool) -> bool:
     try:
         await client.connect()
         await asyncio.wait_for(client.synced.wait(), 30)
+        # Messages queued while offline go out now, before the command ends.
+        await client.drain_outbox(15)
     except (NotConnected, TimeoutError) as exc:
         if required:
             raise NotConnected(f"cannot reach {client.server_url}") from exc

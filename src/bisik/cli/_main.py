@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from bisik import __version__
 from bisik.cli import _commands, _server
@@ -24,6 +25,20 @@ def default_home() -> Path:
     return Path(base) / "bisik"
 
 
+class _Subparsers:
+    """Adds the common flags to every subcommand."""
+
+    def __init__(self, action: Any, common: argparse.ArgumentParser) -> None:
+        self._action = action
+        self._common = common
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = self._action.add_parser(
+            name, parents=[self._common], **kwargs
+        )
+        return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bisik", description="Bisik: end-to-end encrypted messaging you can host yourself."
@@ -34,12 +49,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("-v", "--verbose", action="store_true", help="log to stderr")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # The same flags after the command (`bisik send bob hi --json`); SUPPRESS
+    # keeps a subcommand from resetting what was given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
+    common.add_argument("--home", type=Path, default=argparse.SUPPRESS)
+    sub = _Subparsers(
+        parser.add_subparsers(dest="command", required=True, metavar="COMMAND"), common
+    )
 
     _server.add_parser(sub)
 
     account = sub.add_parser("account", help="create or inspect this profile's account")
-    acc_sub = account.add_subparsers(dest="account_command", required=True, metavar="ACTION")
+    acc_sub = _Subparsers(
+        account.add_subparsers(dest="account_command", required=True, metavar="ACTION"), common
+    )
     create = acc_sub.add_parser("create", help="register a new account with this device")
     create.add_argument("--server", required=True, help="server URL, e.g. http://127.0.0.1:8765")
     create.add_argument("--username", required=True)

@@ -75,6 +75,5 @@ def run(args: argparse.Namespace) -> int:
         # Access logs would record who fetched whose keys, and when: the server
         # keeps no record it does not need.
         access_log=False,
-        ws="websockets",
     )
     return 0

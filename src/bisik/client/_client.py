@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import secrets
 import time
@@ -320,7 +321,11 @@ class Client:
         except (KeyError, TypeError, ValueError):
             log.warning("dropping a malformed envelope from the server")
             return None
-        if self._store.is_processed(envelope_id):
+        # Keyed by id *and* ciphertext: an envelope seen again (our ack was lost)
+        # is skipped, since its Olm keys are spent, but a server that reuses ids
+        # cannot make us drop a new one.
+        key = hashlib.sha256(f"{envelope_id}:{body}".encode()).hexdigest()
+        if self._store.is_processed(key):
             return "duplicate"
         try:
             device = await self._devices.verified_device(sender, sender_device)
@@ -361,10 +366,10 @@ class Client:
                     state=message.state,
                     server_seq=message.server_seq,
                 )
-                self._store.mark_processed(envelope_id, "received", _now())
+                self._store.mark_processed(key, "received", _now())
         except (OlmDecryptError, CryptoError, _InvalidContent) as exc:
             self._machine.forget_cached_sessions()
-            return self._reject(envelope_id, sender, sender_device, str(exc))
+            return self._reject(key, envelope_id, sender, sender_device, str(exc))
         except BaseException:
             self._machine.forget_cached_sessions()
             raise
@@ -372,10 +377,12 @@ class Client:
             self._emit(MessageReceived(message))
         return "received"
 
-    def _reject(self, envelope_id: int, sender: str, sender_device: str, reason: str) -> str:
+    def _reject(
+        self, key: str, envelope_id: int, sender: str, sender_device: str, reason: str
+    ) -> str:
         log.warning("dropping envelope %d from %s/%s", envelope_id, sender, sender_device)
         with self._store.transaction():
-            self._store.mark_processed(envelope_id, "rejected", _now())
+            self._store.mark_processed(key, "rejected", _now())
         self._emit(DecryptionFailed(sender, sender_device, envelope_id, reason))
         return "rejected"
 
@@ -461,6 +468,19 @@ class Client:
 
     def pending_count(self) -> int:
         return len(self._store.outbox())
+
+    async def drain_outbox(self, timeout: float) -> bool:
+        """Wait until every queued message has been sent (or refused).
+
+        Returns ``False`` if messages are still queued after ``timeout`` seconds.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.pending_count():
+            if loop.time() > deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
 
     async def _flush_outbox(self) -> None:
         if not self.synced.is_set():

@@ -70,7 +70,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     created_at INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS processed_envelopes (
-    envelope_id INTEGER PRIMARY KEY,
+    envelope_key TEXT PRIMARY KEY,
     outcome TEXT NOT NULL,
     at INTEGER NOT NULL
 );
@@ -348,16 +348,17 @@ class LocalStore:
 
     # -- envelopes already handled ------------------------------------------------
 
-    def is_processed(self, envelope_id: int) -> bool:
+    def is_processed(self, envelope_key: str) -> bool:
         row = self._exec(
-            "SELECT 1 FROM processed_envelopes WHERE envelope_id = ?", (envelope_id,)
+            "SELECT 1 FROM processed_envelopes WHERE envelope_key = ?", (envelope_key,)
         ).fetchone()
         return row is not None
 
-    def mark_processed(self, envelope_id: int, outcome: str, now: int) -> None:
+    def mark_processed(self, envelope_key: str, outcome: str, now: int) -> None:
         self._exec(
-            "INSERT OR IGNORE INTO processed_envelopes (envelope_id, outcome, at) VALUES (?, ?, ?)",
-            (envelope_id, outcome, now),
+            "INSERT OR IGNORE INTO processed_envelopes (envelope_key, outcome, at) "
+            "VALUES (?, ?, ?)",
+            (envelope_key, outcome, now),
         )
 
     def incoming_after(self, rowid: int, limit: int) -> list[tuple[Any, ...]]:

@@ -138,19 +138,18 @@ class Transport:
         return {"token": self._token}
 
     async def _on_connect_error(self, data: Any = None) -> None:
-        code = ErrorCode.INTERNAL.value
-        message = "connection refused"
-        if isinstance(data, dict):
-            message = str(data.get("message", message))
-            extra = data.get("data")
-            if isinstance(extra, dict) and "code" in extra:
-                code = str(extra["code"])
-        self.last_connect_error = ProtocolError(code, message)
-        log.info("connection refused: %s", message)
+        # Only a refusal by the server carries a code; anything else is the
+        # network, and the caller sees NotConnected.
+        if isinstance(data, dict) and isinstance(data.get("data"), dict):
+            code = data["data"].get("code")
+            if isinstance(code, str):
+                self.last_connect_error = ProtocolError(code, str(data.get("message", "")))
+                log.info("connection refused: %s", code)
 
     async def connect(self, *, retry: bool, wait_timeout: float = 10.0) -> None:
         """Open the socket. With ``retry`` a failed first attempt keeps retrying in the
         background (the outbox waits); without, it raises ``NotConnected``."""
+        self.last_connect_error = None
         try:
             await self.sio.connect(
                 self.server_url,

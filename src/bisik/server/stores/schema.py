@@ -17,7 +17,9 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-# Autoincrement primary keys must be INTEGER on SQLite to alias the rowid.
+# Autoincrement primary keys must be INTEGER on SQLite to alias the rowid, and
+# AUTOINCREMENT there so ids of deleted rows are never reused: clients remember
+# envelope ids they have handled, and a reused id would look like a duplicate.
 Id = BigInteger().with_variant(Integer(), "sqlite")
 
 metadata = MetaData()
@@ -29,6 +31,7 @@ users = Table(
     Column("username", String(32), nullable=False, unique=True),
     Column("identity_key", String(64), nullable=False),
     Column("created_at", BigInteger, nullable=False),
+    sqlite_autoincrement=True,
 )
 
 devices = Table(
@@ -44,6 +47,7 @@ devices = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("last_seen_at", BigInteger, nullable=True),
     UniqueConstraint("user_id", "device_id", name="uq_devices_user_device"),
+    sqlite_autoincrement=True,
 )
 
 one_time_keys = Table(
@@ -55,6 +59,7 @@ one_time_keys = Table(
     Column("public_key", String(64), nullable=False),
     Column("signature", String(128), nullable=False),
     UniqueConstraint("device_pk", "key_id", name="uq_otk_device_key"),
+    sqlite_autoincrement=True,
 )
 
 fallback_keys = Table(
@@ -101,6 +106,7 @@ messages = Table(
     Column("client_message_id", String(64), nullable=False),
     Column("created_at", BigInteger, nullable=False),
     UniqueConstraint("sender_device_pk", "client_message_id", name="uq_messages_client_id"),
+    sqlite_autoincrement=True,
 )
 
 envelopes = Table(
@@ -114,4 +120,5 @@ envelopes = Table(
     Column("body", Text, nullable=False),
     Column("created_at", BigInteger, nullable=False),
     Index("ix_envelopes_recipient", "recipient_device_pk", "id"),
+    sqlite_autoincrement=True,
 )

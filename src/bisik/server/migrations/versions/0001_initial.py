@@ -22,6 +22,7 @@ def upgrade() -> None:
         sa.Column("username", sa.String(32), nullable=False, unique=True),
         sa.Column("identity_key", sa.String(64), nullable=False),
         sa.Column("created_at", sa.BigInteger, nullable=False),
+        sqlite_autoincrement=True,
     )
     op.create_table(
         "devices",
@@ -35,6 +36,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.BigInteger, nullable=False),
         sa.Column("last_seen_at", sa.BigInteger, nullable=True),
         sa.UniqueConstraint("user_id", "device_id", name="uq_devices_user_device"),
+        sqlite_autoincrement=True,
     )
     op.create_table(
         "one_time_keys",
@@ -44,6 +46,7 @@ def upgrade() -> None:
         sa.Column("public_key", sa.String(64), nullable=False),
         sa.Column("signature", sa.String(128), nullable=False),
         sa.UniqueConstraint("device_pk", "key_id", name="uq_otk_device_key"),
+        sqlite_autoincrement=True,
     )
     op.create_table(
         "fallback_keys",
@@ -86,6 +89,7 @@ def upgrade() -> None:
         sa.Column("client_message_id", sa.String(64), nullable=False),
         sa.Column("created_at", sa.BigInteger, nullable=False),
         sa.UniqueConstraint("sender_device_pk", "client_message_id", name="uq_messages_client_id"),
+        sqlite_autoincrement=True,
     )
     op.create_table(
         "envelopes",
@@ -103,6 +107,7 @@ def upgrade() -> None:
         sa.Column("type", sa.Integer, nullable=False),
         sa.Column("body", sa.Text, nullable=False),
         sa.Column("created_at", sa.BigInteger, nullable=False),
+        sqlite_autoincrement=True,
     )
     op.create_index("ix_envelopes_recipient", "envelopes", ["recipient_device_pk", "id"])
 
