@@ -332,10 +332,10 @@ class Client:
         except NotConnected:
             return None
         except (ProtocolError, ClientError) as exc:
-            return self._reject(envelope_id, sender, sender_device, f"unknown sender device: {exc}")
+            return self._reject(key, envelope_id, sender, sender_device, f"unknown sender: {exc}")
         if device is None:
             return self._reject(
-                envelope_id, sender, sender_device, "sender device is not signed by its owner"
+                key, envelope_id, sender, sender_device, "sender device is not signed by its owner"
             )
         try:
             with self._store.transaction():
