@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import os
 import socket
 import subprocess
@@ -38,8 +39,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from _common import banner, percentile, proc_cpu_seconds, summary_line
 
+from _common import banner, percentile, proc_cpu_seconds, summary_line
 from bisik.client import Client, Event, KdfParams, MessageReceived, MessageSent
 
 HERE = Path(__file__).resolve().parent
@@ -239,9 +240,7 @@ async def burst(
     cpu_line = cpu.report(f"the {count}-message burst", max(len(received), 1))
 
     position = {mid: k for k, mid in enumerate(ids)}
-    out_of_order = sum(
-        1 for a, b in zip(received, received[1:], strict=False) if position[b] < position[a]
-    )
+    out_of_order = sum(1 for a, b in itertools.pairwise(received) if position[b] < position[a])
     print(f"  Burst: {count} messages alice -> bob, send_text back to back")
     if timed_out:
         print(
