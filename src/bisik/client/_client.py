@@ -90,6 +90,7 @@ class Client:
         self._devices = DeviceDirectory(store, self._transport)
         self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
+        self._closing = False
         self._subscribers: list[asyncio.Queue[Event]] = []
         self._sent_waiters: dict[str, asyncio.Future[Message]] = {}
         self.synced = asyncio.Event()
@@ -196,9 +197,12 @@ class Client:
 
     async def close(self) -> None:
         if self._worker is not None:
+            # Python 3.11's wait_for can swallow a cancellation that lands as its
+            # inner future completes; the flag and the sentinel stop the worker anyway.
+            self._closing = True
+            self._queue.put_nowait(("stop", None))
             self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
+            await asyncio.wait([self._worker], timeout=5)
             self._worker = None
         await self._transport.aclose()
         self._profile.close()
@@ -261,8 +265,10 @@ class Client:
         self._queue.put_nowait(("replenish", None))
 
     async def _run(self) -> None:
-        while True:
+        while not self._closing:
             kind, data = await self._queue.get()
+            if kind == "stop":
+                return
             try:
                 if kind == "resync":
                     await self._resync()
