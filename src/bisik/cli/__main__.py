@@ -1,0 +1,5 @@
+import sys
+
+from bisik.cli import main
+
+sys.exit(main())
