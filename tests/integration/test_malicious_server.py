@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import httpx
 import pytest
 import vodozemac
 from sqlalchemy import insert, select, update
 
-from bisik.client import IdentityKeyChanged, MessageReceived
-from bisik.crypto import IdentityKey, device_payload
-from bisik.server.stores.schema import devices, users
+from bisik.client import IdentityChanged, IdentityKeyChanged, MessageReceived
+from bisik.client._models import DeviceStamp, Plaintext
+from bisik.crypto import IdentityKey, b64encode, device_payload
+from bisik.server.stores.schema import devices, envelopes, messages, users
 from tests.conftest import ClientFactory, RunningServer, next_event
 
 
-async def inject_device(server: RunningServer, username: str, signer: IdentityKey) -> str:
-    """Add a device the user never made, signed by ``signer``; returns its Curve25519 key."""
+async def inject_device(
+    server: RunningServer, username: str, signer: IdentityKey
+) -> vodozemac.Account:
+    """Add a device the user never made, signed by ``signer``."""
     account = vodozemac.Account()
     curve = account.curve25519_key.to_base64()
     ed = account.ed25519_key.to_base64()
@@ -41,7 +47,7 @@ async def inject_device(server: RunningServer, username: str, signer: IdentityKe
                 created_at=0,
             )
         )
-    return curve
+    return account
 
 
 async def test_unsigned_injected_device_gets_nothing(
@@ -81,3 +87,89 @@ async def test_replaced_identity_key_blocks_sending(
     assert err.value.new == evil.public_key
     with pytest.raises(IdentityKeyChanged):
         await alice.send_text("bob", "must not go to the impostor")
+
+
+async def test_messages_from_an_impostor_identity_are_held_until_trusted(
+    make_client: ClientFactory, server: RunningServer
+) -> None:
+    alice = await make_client("alice")
+    bob = await make_client("bob")
+    inbox = alice.subscribe()
+    await bob.send_text("alice", "hi, really bob")
+    assert (await next_event(inbox, MessageReceived)).message.body == "hi, really bob"
+
+    evil = IdentityKey.generate()
+    async with server.services.engine.begin() as conn:
+        await conn.execute(
+            update(users).where(users.c.username == "bob").values(identity_key=evil.public_key)
+        )
+    impostor = await inject_device(server, "bob", evil)
+
+    # The impostor device opens an Olm session to alice with one of her keys.
+    token = await bob._transport.token()
+    async with httpx.AsyncClient(
+        base_url=server.url, headers={"Authorization": f"Bearer {token}"}
+    ) as http:
+        claimed = (
+            await http.post(
+                "/v1/keys/claim",
+                json={"devices": [{"username": "alice", "device_id": alice.device_id}]},
+            )
+        ).json()["keys"][0]["key"]["key"]
+    session = impostor.create_outbound_session(
+        vodozemac.Curve25519PublicKey.from_base64(alice._machine.curve25519),
+        vodozemac.Curve25519PublicKey.from_base64(claimed),
+    )
+    content = Plaintext(
+        type="text",
+        id="impostor000001",
+        sender=DeviceStamp(
+            username="bob", device_id="EVILDEVICE", ed25519=impostor.ed25519_key.to_base64()
+        ),
+        recipient=DeviceStamp(
+            username="alice", device_id=alice.device_id, ed25519=alice._machine.ed25519
+        ),
+        to="alice",
+        sent_at=1,
+        body="I am bob, honest",
+    )
+    msg_type, body = session.encrypt(content.model_dump_json().encode()).to_parts()
+    async with server.services.engine.begin() as conn:
+        evil_pk = (
+            await conn.execute(select(devices.c.id).where(devices.c.device_id == "EVILDEVICE"))
+        ).scalar_one()
+        alice_pk = (
+            await conn.execute(select(devices.c.id).where(devices.c.device_id == alice.device_id))
+        ).scalar_one()
+        message_pk = (
+            await conn.execute(
+                insert(messages)
+                .values(sender_device_pk=evil_pk, client_message_id="impostor000001", created_at=1)
+                .returning(messages.c.id)
+            )
+        ).scalar_one()
+        await conn.execute(
+            insert(envelopes).values(
+                message_id=message_pk,
+                recipient_device_pk=alice_pk,
+                kind="olm",
+                type=msg_type,
+                body=b64encode(body),
+                created_at=1,
+            )
+        )
+    alice._queue.put_nowait(("resync", None))
+    changed = await next_event(inbox, IdentityChanged)
+    assert changed.username == "bob"
+    assert changed.new == evil.public_key
+    await asyncio.sleep(0.3)
+    assert [m.body for m in alice.history("bob")] == ["hi, really bob"]
+    async with server.services.engine.connect() as conn:
+        held = (await conn.execute(select(envelopes.c.id))).all()
+    assert len(held) == 1, "the envelope waits on the server, it is not dropped"
+    with pytest.raises(IdentityKeyChanged):
+        await alice.send_text("bob", "not to the impostor")
+
+    # Only when the user accepts the new key does the held message show.
+    await alice.trust_identity("bob")
+    assert (await next_event(inbox, MessageReceived)).message.body == "I am bob, honest"

@@ -21,12 +21,13 @@ import pydantic
 
 from bisik.client import _profile
 from bisik.client._devices import DeviceDirectory
-from bisik.client._errors import ClientError, NotConnected, ProfileError
+from bisik.client._errors import ClientError, IdentityKeyChanged, NotConnected, ProfileError
 from bisik.client._models import (
     ConnectionChanged,
     DecryptionFailed,
     DeviceStamp,
     Event,
+    IdentityChanged,
     Message,
     MessageFailed,
     MessageReceived,
@@ -53,6 +54,9 @@ from bisik.proto import ErrorCode, ProtocolError, validate_username
 log = logging.getLogger("bisik.client")
 
 ONE_TIME_KEY_TARGET = 50
+# Long enough for any chat message, small enough that one send to many devices
+# stays far below the server's frame limit (longer text belongs in an attachment).
+MAX_TEXT_BYTES = 16 * 1024
 _DEVICE_ID_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 
 
@@ -337,6 +341,10 @@ class Client:
             device = await self._devices.verified_device(sender, sender_device)
         except NotConnected:
             return None
+        except IdentityKeyChanged as exc:
+            # Held on the server (not acked) until the user accepts the new key.
+            self._emit(IdentityChanged(exc.username, exc.old, exc.new))
+            return None
         except (ProtocolError, ClientError) as exc:
             return self._reject(key, envelope_id, sender, sender_device, f"unknown sender: {exc}")
         if device is None:
@@ -426,8 +434,8 @@ class Client:
         validate_username(peer)
         if not text:
             raise ClientError("cannot send an empty message")
-        if len(text) > 60_000:
-            raise ClientError("message too long (60,000 characters at most)")
+        if len(text.encode()) > MAX_TEXT_BYTES:
+            raise ClientError(f"message too long ({MAX_TEXT_BYTES:,} bytes of UTF-8 at most)")
         if self._transport.connected:
             await self._devices.recipient_devices(peer, refresh=False)
         now = _now()
@@ -502,6 +510,9 @@ class Client:
                     "send", {"client_message_id": item.message_id, "envelopes": envelopes}
                 )
             except ProtocolError as exc:
+                if exc.code == ErrorCode.INTERNAL:
+                    # The server may have stored it; the same id is safe to resend.
+                    raise NotConnected(f"server error while sending: {exc.message}") from exc
                 if exc.code == ErrorCode.UNKNOWN_DEVICE and item.envelopes is not None:
                     # The device list changed since we encrypted: encrypt again.
                     with self._store.transaction():
@@ -619,8 +630,12 @@ class Client:
         return [(c, body) for c, _, body in self._store.conversations()]
 
     async def trust_identity(self, username: str) -> None:
-        """Acknowledge a changed identity key of ``username`` (after verifying it)."""
+        """Acknowledge a changed identity key of ``username`` (after verifying it).
+
+        Messages from their new devices that were held on the server come now.
+        """
         await self._devices.trust(username)
+        self._queue.put_nowait(("resync", None))
 
 
 class _InvalidContent(ClientError):

@@ -77,7 +77,11 @@ class DeviceDirectory:
             if pinned is None:
                 self._store.pin_identity(username, identity_key, now)
             elif pinned[0] != identity_key:
+                # Keep the devices signed by the pinned key: until the user accepts
+                # the new key, nothing is sent to or accepted from the new devices.
                 self._store.mark_identity_changed(username, identity_key)
+                self._fetched[username] = time.monotonic()
+                return self._store.devices_of(username)
             self._store.replace_devices(username, devices, now)
         self._fetched[username] = time.monotonic()
         return devices
@@ -103,11 +107,18 @@ class DeviceDirectory:
         return devices
 
     async def verified_device(self, username: str, device_id: str) -> StoredDevice | None:
-        """A sender's device, refreshing the list once if it is not known yet."""
+        """A sender's device, refreshing the list once if it is not known yet.
+
+        Raises:
+            IdentityKeyChanged: the device is unknown and the sender's identity key
+                changed without the user accepting it; the message must wait.
+        """
         device = self._store.device(username, device_id)
         if device is None:
             await self._fetch(username)
             device = self._store.device(username, device_id)
+            if device is None:
+                self._check_identity(username)
         return device
 
     async def trust(self, username: str) -> None:

@@ -85,6 +85,16 @@ class DecryptionFailed:
 
 
 @dataclass(frozen=True)
+class IdentityChanged:
+    """A contact's identity key changed. Nothing goes to or comes from their new
+    devices (messages wait on the server) until ``Client.trust_identity``."""
+
+    username: str
+    old: str
+    new: str
+
+
+@dataclass(frozen=True)
 class Synced:
     """The backlog has been fetched after a (re)connect."""
 
@@ -92,7 +102,13 @@ class Synced:
 
 
 Event = (
-    MessageReceived | MessageSent | MessageFailed | ConnectionChanged | DecryptionFailed | Synced
+    MessageReceived
+    | MessageSent
+    | MessageFailed
+    | ConnectionChanged
+    | DecryptionFailed
+    | IdentityChanged
+    | Synced
 )
 
 
