@@ -368,18 +368,7 @@ class Client:
                     server_seq=int(env.get("seq", 0)),
                     state="received" if incoming else "sent",
                 )
-                fresh = self._store.insert_message(
-                    id=message.id,
-                    conversation=message.conversation,
-                    sender=message.sender,
-                    sender_device=message.sender_device,
-                    direction=message.direction,
-                    body=message.body,
-                    sent_at=message.sent_at,
-                    received_at=message.received_at,
-                    state=message.state,
-                    server_seq=message.server_seq,
-                )
+                fresh = self._store.insert_message(message)
                 self._store.mark_processed(key, "received", _now())
         except (OlmDecryptError, CryptoError, _InvalidContent) as exc:
             self._machine.forget_cached_sessions()
@@ -452,17 +441,7 @@ class Client:
             state="pending",
         )
         with self._store.transaction():
-            self._store.insert_message(
-                id=message.id,
-                conversation=message.conversation,
-                sender=message.sender,
-                sender_device=message.sender_device,
-                direction="out",
-                body=text,
-                sent_at=now,
-                received_at=now,
-                state="pending",
-            )
+            self._store.insert_message(message)
             self._store.add_outbox(
                 message.id, message.conversation, {"to": peer, "body": text, "sent_at": now}, now
             )

@@ -18,6 +18,7 @@ from typing import Any
 import sqlcipher3
 
 from bisik.client._errors import ProfileError
+from bisik.client._models import Message
 
 SCHEMA_VERSION = 1
 
@@ -245,35 +246,22 @@ class LocalStore:
 
     # -- messages -------------------------------------------------------------
 
-    def insert_message(
-        self,
-        *,
-        id: str,
-        conversation: str,
-        sender: str,
-        sender_device: str,
-        direction: str,
-        body: str,
-        sent_at: int,
-        received_at: int,
-        state: str,
-        server_seq: int | None = None,
-    ) -> bool:
+    def insert_message(self, m: Message) -> bool:
         """Insert a message; ``False`` if ``(sender, id)`` is already stored."""
         cur = self._exec(
             "INSERT OR IGNORE INTO messages (id, conversation, sender, sender_device, direction, "
             "body, sent_at, received_at, server_seq, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
-                id,
-                conversation,
-                sender,
-                sender_device,
-                direction,
-                body,
-                sent_at,
-                received_at,
-                server_seq,
-                state,
+                m.id,
+                m.conversation,
+                m.sender,
+                m.sender_device,
+                m.direction,
+                m.body,
+                m.sent_at,
+                m.received_at,
+                m.server_seq,
+                m.state,
             ),
         )
         return bool(cur.rowcount)
