@@ -18,15 +18,20 @@ PROTOCOL_VERSION = 1
 
 USERNAME_RE = re.compile(r"^[a-z0-9._-]{3,32}$")
 
+# PostgreSQL text cannot hold NUL: refuse it in any string that reaches the database.
+_NO_NUL = r"^[^\x00]*$"
+# The largest id either database can store or compare (a signed 64-bit integer).
+MAX_ID = 2**63 - 1
+
 # Unpadded standard base64, as vodozemac prints keys and signatures.
 Key25519 = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/]{43}$")]
 Signature = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/]{86}$")]
-Username = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+Username = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=_NO_NUL)]
 DeviceId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{4,64}$")]
 KeyId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/=_-]{1,64}$")]
 ClientMessageId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{8,64}$")]
 # An Olm ciphertext in base64: generous for a long text message, bounded.
-Ciphertext = Annotated[str, StringConstraints(min_length=1, max_length=256 * 1024)]
+Ciphertext = Annotated[str, StringConstraints(min_length=1, max_length=256 * 1024, pattern=_NO_NUL)]
 Token = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{20,128}$")]
 
 MAX_KEYS_PER_UPLOAD = 200
@@ -35,7 +40,8 @@ MAX_ENVELOPES_PER_SEND = 1000
 
 def validate_username(name: str) -> str:
     """Return ``name`` if it is a valid username, else raise ``ProtocolError``."""
-    if not USERNAME_RE.match(name):
+    # fullmatch: "$" alone would also accept a trailing newline.
+    if not USERNAME_RE.fullmatch(name):
         raise ProtocolError(
             ErrorCode.INVALID_USERNAME,
             "usernames are 3-32 characters of lowercase a-z, 0-9, '.', '_' or '-'",
@@ -97,7 +103,7 @@ class ChallengeResponse(_Model):
 class TokenRequest(_Model):
     username: Username
     device_id: DeviceId
-    challenge: Annotated[str, StringConstraints(max_length=128)]
+    challenge: Annotated[str, StringConstraints(max_length=128, pattern=_NO_NUL)]
     signature: Signature
 
 
@@ -184,7 +190,7 @@ class Envelope(_Model):
 
 
 class SyncRequest(_Model):
-    after: int = Field(default=0, ge=0)
+    after: int = Field(default=0, ge=0, le=MAX_ID)
     limit: int = Field(default=200, ge=1, le=500)
 
 
@@ -194,7 +200,7 @@ class SyncResult(_Model):
 
 
 class AckRequest(_Model):
-    ids: list[Annotated[int, Field(ge=1)]] = Field(min_length=1, max_length=1000)
+    ids: list[Annotated[int, Field(ge=1, le=MAX_ID)]] = Field(min_length=1, max_length=1000)
 
 
 class AckResult(_Model):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -9,14 +10,32 @@ from typing import Any
 
 import socketio
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 
 from bisik.server._config import ServerConfig
 from bisik.server._db import create_engine, migrate
 from bisik.server._services import Services
-from bisik.server.realtime import BisikNamespace, SocketNotifier
-from bisik.server.rest import build_routes
+from bisik.server.realtime import BisikNamespace, SocketNotifier, SocketServer
+from bisik.server.rest import build_routes, http_exception
 
 log = logging.getLogger("bisik.server")
+
+
+async def _close_redis_manager(manager: Any) -> None:
+    """Stop the Redis listener and close its connections.
+
+    python-socketio has no public hook for this; without it every stopped
+    server (a test, a restart in-process) would leak a listener and a socket.
+    """
+    listener = getattr(manager, "thread", None)
+    if isinstance(listener, asyncio.Task):
+        listener.cancel()
+        await asyncio.gather(listener, return_exceptions=True)
+    for name in ("pubsub", "redis"):
+        conn = getattr(manager, name, None)
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.aclose()
 
 
 def create_app(config: ServerConfig) -> Any:
@@ -29,7 +48,7 @@ def create_app(config: ServerConfig) -> Any:
     manager = None
     if config.redis_url:
         manager = socketio.AsyncRedisManager(config.redis_url)
-    sio = socketio.AsyncServer(
+    sio = SocketServer(
         async_mode="asgi",
         client_manager=manager,
         cors_allowed_origins=[],
@@ -49,9 +68,16 @@ def create_app(config: ServerConfig) -> Any:
         try:
             yield
         finally:
+            await sio.shutdown()
+            if manager is not None:
+                await _close_redis_manager(manager)
             await engine.dispose()
 
-    http = Starlette(routes=build_routes(), lifespan=lifespan)
+    http = Starlette(
+        routes=build_routes(),
+        lifespan=lifespan,
+        exception_handlers={HTTPException: http_exception},
+    )
     http.state.services = services
     http.state.sio = sio
     http.state.namespace = namespace

@@ -17,7 +17,12 @@ from bisik.proto import (
 from bisik.server._clock import now_ms
 from bisik.server._config import ServerConfig
 from bisik.server.stores import AccountStore, DeviceRow
-from bisik.server.stores.accounts import InviteInvalid, SignedKeyRow, UsernameTaken
+from bisik.server.stores.accounts import (
+    DeviceKeyTaken,
+    InviteInvalid,
+    SignedKeyRow,
+    UsernameTaken,
+)
 
 
 def verify_device_keys(device: DeviceKeys) -> None:
@@ -120,6 +125,10 @@ class AccountsHandler:
             )
         except UsernameTaken:
             raise ProtocolError(ErrorCode.USERNAME_TAKEN, f"{username} is taken") from None
+        except DeviceKeyTaken:
+            raise ProtocolError(
+                ErrorCode.DEVICE_EXISTS, "another device already uses this curve25519 key"
+            ) from None
         except InviteInvalid:
             raise ProtocolError(
                 ErrorCode.INVALID_INVITE, "the invite code is unknown or already used"
@@ -132,6 +141,11 @@ class AccountsHandler:
         return code
 
     async def device_list(self, username: str) -> DeviceList:
+        try:
+            validate_username(username)
+        except ProtocolError:
+            # No such user can exist; and a NUL or lone surrogate must not reach the database.
+            raise ProtocolError(ErrorCode.UNKNOWN_USER, f"no user {username[:64]!r}") from None
         found = await self._accounts.user_devices(username)
         if found is None:
             raise ProtocolError(ErrorCode.UNKNOWN_USER, f"no user {username[:64]!r}")

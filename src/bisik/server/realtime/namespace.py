@@ -56,17 +56,24 @@ class BisikNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             self._handlers.update(concern.events())
         self._devices: dict[str, DeviceRow] = {}
 
-    async def trigger_event(self, event: str, *args: Any) -> Any:
-        if event == "connect":
-            sid, _environ, auth = (*args, None)[:3]
-            return await self._connect(sid, auth)
-        if event == "disconnect":
-            return await self._disconnect(args[0])
+    async def trigger_event(self, event: Any, *args: Any) -> Any:
         sid = args[0]
+        # python-socketio also hands a client's *event* named "connect" or
+        # "disconnect" to this method. The real ones arrive while the socket is
+        # still connecting or already disconnecting, never while fully connected.
+        if event in ("connect", "disconnect") and not self.server.manager.is_connected(
+            sid, self.namespace
+        ):
+            if event == "connect":
+                sid, _environ, auth = (*args, None)[:3]
+                return await self._connect(sid, auth)
+            return await self._disconnect(sid)
         data = args[1] if len(args) > 1 else None
         device = self._devices.get(sid)
         if device is None:
             return _error(ErrorCode.UNAUTHORIZED, "not authenticated")
+        if not isinstance(event, str):
+            return _error(ErrorCode.BAD_REQUEST, "an event name must be a string")
         handler = self._handlers.get(event)
         if handler is None:
             return _error(ErrorCode.UNKNOWN_EVENT, f"unknown event {event[:64]!r}")

@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -54,7 +55,8 @@ async def read_body(request: Request, model: type[M]) -> M:
         chunks.append(chunk)
     try:
         data = json.loads(b"".join(chunks))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        # RecursionError: nesting deeper than the parser's recursion limit.
         raise ProtocolError(ErrorCode.BAD_REQUEST, "body is not valid JSON") from None
     return parse_model(model, data)
 
@@ -92,3 +94,11 @@ def endpoint(fn: Endpoint) -> Callable[[Request], Awaitable[Response]]:
 
 def as_json(obj: dict[str, Any]) -> Response:
     return JSONResponse(obj)
+
+
+async def http_exception(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (no such route, wrong method) in the ``{"error"}`` shape."""
+    assert isinstance(exc, HTTPException)
+    code = ErrorCode.NOT_FOUND if exc.status_code == 404 else ErrorCode.BAD_REQUEST
+    err = ProtocolError(code, exc.detail)
+    return JSONResponse(err.to_body(), status_code=exc.status_code, headers=exc.headers)

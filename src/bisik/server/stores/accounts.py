@@ -19,6 +19,10 @@ class InviteInvalid(Exception):
     pass
 
 
+class DeviceKeyTaken(Exception):
+    pass
+
+
 @dataclass(frozen=True)
 class DeviceRow:
     pk: int
@@ -92,21 +96,25 @@ class AccountStore:
                 ).scalar_one()
             except IntegrityError:
                 raise UsernameTaken() from None
-            device_pk = (
-                await conn.execute(
-                    insert(devices)
-                    .values(
-                        user_id=user_pk,
-                        device_id=device.device_id,
-                        curve25519=device.curve25519,
-                        ed25519=device.ed25519,
-                        identity_signature=device.identity_signature,
-                        device_signature=device.device_signature,
-                        created_at=now,
+            try:
+                device_pk = (
+                    await conn.execute(
+                        insert(devices)
+                        .values(
+                            user_id=user_pk,
+                            device_id=device.device_id,
+                            curve25519=device.curve25519,
+                            ed25519=device.ed25519,
+                            identity_signature=device.identity_signature,
+                            device_signature=device.device_signature,
+                            created_at=now,
+                        )
+                        .returning(devices.c.id)
                     )
-                    .returning(devices.c.id)
-                )
-            ).scalar_one()
+                ).scalar_one()
+            except IntegrityError:
+                # The user is new, so only the unique curve25519 key can clash.
+                raise DeviceKeyTaken() from None
             if invite_hash is not None:
                 await conn.execute(
                     update(invites)
@@ -114,6 +122,8 @@ class AccountStore:
                     .values(used_by=user_pk)
                 )
             if one_time:
+                # One key per key id, as KeyStore.upload keeps it (the id is unique per device).
+                unique = {k.key_id: k for k in one_time}
                 await conn.execute(
                     insert(one_time_keys),
                     [
@@ -123,7 +133,7 @@ class AccountStore:
                             "public_key": k.public_key,
                             "signature": k.signature,
                         }
-                        for k in one_time
+                        for k in unique.values()
                     ],
                 )
             if fallback is not None:
