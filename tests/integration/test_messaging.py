@@ -276,3 +276,46 @@ async def test_messages_are_copied_to_the_senders_other_devices(
     reply = await bob.send_text("alice", "hi")
     assert (await next_event(sent_events, MessageReceived)).message.body == "hi"
     assert (await next_event(events, MessageSent)).message.id == reply.id
+
+
+async def test_fallback_key_when_one_time_keys_run_out_then_replaced(
+    make_client: ClientFactory, server: RunningServer
+) -> None:
+    eve = await make_client("eve")
+    bob = await make_client("bob")
+    token = await eve._transport.token()
+    body = {"devices": [{"username": "bob", "device_id": bob.device_id}]}
+    async with httpx.AsyncClient(
+        base_url=server.url, headers={"Authorization": f"Bearer {token}"}
+    ) as http:
+        # Someone drains every one-time key of bob's while bob is offline.
+        await bob.close()
+        claims = [(await http.post("/v1/keys/claim", json=body)).json() for _ in range(50)]
+        assert not any(c["keys"][0]["fallback"] for c in claims)
+
+        # alice's session then starts from bob's fallback key; bob can still read her.
+        alice = await make_client("alice")
+        await alice.send_text("bob", "via the fallback key")
+        claimed = (await http.post("/v1/keys/claim", json=body)).json()["keys"][0]
+        assert claimed["fallback"] is True
+
+        bob2 = await Client.open(server.config.data_dir.parent / "homes" / "bob", PASSWORD)
+        try:
+            inbox = bob2.subscribe()
+            await bob2.connect()
+            assert (await next_event(inbox, MessageReceived)).message.body == (
+                "via the fallback key"
+            )
+            # Told on connect that the fallback was used, bob publishes fresh keys.
+            counts = {}
+            for _ in range(100):
+                counts = await bob2._transport.call("keys_count", {})
+                if counts["one_time_keys"] == 50 and not counts["fallback_used"]:
+                    break
+                await asyncio.sleep(0.05)
+            assert counts["one_time_keys"] == 50
+            assert counts["fallback_used"] is False
+            fresh = (await http.post("/v1/keys/claim", json=body)).json()["keys"][0]
+            assert fresh["fallback"] is False
+        finally:
+            await bob2.close()

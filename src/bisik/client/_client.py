@@ -277,6 +277,7 @@ class Client:
                 if kind == "resync":
                     await self._resync()
                     await self._flush_outbox()
+                    await self._replenish_keys()
                 elif kind == "envelope":
                     if self.synced.is_set():
                         await self._handle_envelopes([data])
@@ -574,13 +575,20 @@ class Client:
     # -- keys -------------------------------------------------------------------
 
     async def _replenish_keys(self) -> None:
-        count = (await self._transport.call("keys_count", {}))["one_time_keys"]
-        missing = ONE_TIME_KEY_TARGET - int(count)
-        if missing <= 0:
+        """Top up one-time keys to the target, and replace a fallback key that was used."""
+        counts = await self._transport.call("keys_count", {})
+        missing = ONE_TIME_KEY_TARGET - int(counts["one_time_keys"])
+        new_fallback = counts.get("fallback_used") or not counts["fallback_key"]
+        if missing <= 0 and not new_fallback:
             return
+        upload: dict[str, Any] = {"one_time_keys": []}
         with self._store.transaction():
-            keys = self._machine.generate_one_time_keys(missing)
-        await self._transport.call("keys_upload", {"one_time_keys": keys})
+            if missing > 0:
+                upload["one_time_keys"] = self._machine.generate_one_time_keys(missing)
+            if new_fallback:
+                # vodozemac keeps the previous fallback key too, for messages in flight.
+                upload["fallback_key"] = self._machine.generate_fallback_key()
+        await self._transport.call("keys_upload", upload)
         with self._store.transaction():
             self._machine.mark_keys_as_published()
 

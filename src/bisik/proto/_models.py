@@ -120,6 +120,8 @@ class UploadKeysRequest(_Model):
 class KeyCount(_Model):
     one_time_keys: int
     fallback_key: bool
+    # The fallback key has been handed out: the device should publish a new one.
+    fallback_used: bool = False
 
 
 class DeviceRef(_Model):

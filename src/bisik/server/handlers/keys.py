@@ -13,6 +13,15 @@ from bisik.server._config import ServerConfig
 from bisik.server.handlers._notifier import Notifier
 from bisik.server.handlers.accounts import verify_signed_keys
 from bisik.server.stores import AccountStore, DeviceRow, KeyStore
+from bisik.server.stores.keys import KeyCounts
+
+
+def _key_count(counts: KeyCounts) -> KeyCount:
+    return KeyCount(
+        one_time_keys=counts.one_time,
+        fallback_key=counts.has_fallback,
+        fallback_used=counts.fallback_used,
+    )
 
 
 class KeysHandler:
@@ -28,12 +37,10 @@ class KeysHandler:
 
     async def upload(self, device: DeviceRow, req: UploadKeysRequest) -> KeyCount:
         one_time, fallback = verify_signed_keys(device.ed25519, req.one_time_keys, req.fallback_key)
-        count, has_fallback = await self._keys.upload(device.pk, one_time, fallback)
-        return KeyCount(one_time_keys=count, fallback_key=has_fallback)
+        return _key_count(await self._keys.upload(device.pk, one_time, fallback))
 
     async def count(self, device: DeviceRow) -> KeyCount:
-        count, has_fallback = await self._keys.counts(device.pk)
-        return KeyCount(one_time_keys=count, fallback_key=has_fallback)
+        return _key_count(await self._keys.counts(device.pk))
 
     async def claim(self, req: ClaimRequest) -> ClaimResponse:
         """Hand out exactly one key per requested device (never the same one-time key twice)."""

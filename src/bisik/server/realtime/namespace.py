@@ -93,9 +93,9 @@ class BisikNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         self._devices[sid] = device
         await self.enter_room(sid, device_room(device.pk))
         await self.presence.on_connected(sid, device)
-        count = await self._auth.services.keys.count(device)
-        if count.one_time_keys < self._auth.services.config.low_key_threshold:
-            await self.emit("keys_low", {"count": count.one_time_keys}, to=sid)
+        # No keys_low here: a packet sent before the connect handler returns
+        # reaches the client before its namespace is open. Clients ask for
+        # their key count after every (re)connect instead.
 
     async def _disconnect(self, sid: str) -> None:
         device = self._devices.pop(sid, None)

@@ -4,10 +4,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import delete, func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bisik.server.stores.accounts import SignedKeyRow
 from bisik.server.stores.schema import fallback_keys, one_time_keys
+
+
+@dataclass(frozen=True)
+class KeyCounts:
+    one_time: int
+    has_fallback: bool
+    fallback_used: bool
 
 
 @dataclass(frozen=True)
@@ -27,11 +34,8 @@ class KeyStore:
         device_pk: int,
         one_time: Sequence[SignedKeyRow],
         fallback: SignedKeyRow | None,
-    ) -> tuple[int, bool]:
-        """Add one-time keys (ignoring key ids already stored) and replace the fallback key.
-
-        Returns the device's one-time key count and whether it has a fallback key.
-        """
+    ) -> KeyCounts:
+        """Add one-time keys (ignoring key ids already stored) and replace the fallback key."""
         async with self._engine.begin() as conn:
             if one_time:
                 existing = set(
@@ -73,22 +77,21 @@ class KeyStore:
                 )
             return await self._counts(conn, device_pk)
 
-    async def counts(self, device_pk: int) -> tuple[int, bool]:
+    async def counts(self, device_pk: int) -> KeyCounts:
         async with self._engine.connect() as conn:
             return await self._counts(conn, device_pk)
 
     @staticmethod
-    async def _counts(conn: object, device_pk: int) -> tuple[int, bool]:
-        from sqlalchemy.ext.asyncio import AsyncConnection
-
-        assert isinstance(conn, AsyncConnection)
+    async def _counts(conn: AsyncConnection, device_pk: int) -> KeyCounts:
         count = (
             await conn.execute(select(func.count()).where(one_time_keys.c.device_pk == device_pk))
         ).scalar_one()
-        has_fallback = (
-            await conn.execute(select(func.count()).where(fallback_keys.c.device_pk == device_pk))
-        ).scalar_one()
-        return int(count), bool(has_fallback)
+        used = (
+            await conn.execute(
+                select(fallback_keys.c.used).where(fallback_keys.c.device_pk == device_pk)
+            )
+        ).scalar_one_or_none()
+        return KeyCounts(int(count), used is not None, bool(used))
 
     async def claim(self, device_pk: int) -> ClaimedKeyRow | None:
         """Take one one-time key of a device, or its fallback key if none is left.
