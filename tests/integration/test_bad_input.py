@@ -505,7 +505,7 @@ async def test_register_duplicates(world: World) -> None:
     resp = await http.get(
         "/v1/keys/count", headers={"authorization": f"Bearer {await login(http, dave)}"}
     )
-    assert resp.json() == {"one_time_keys": 2, "fallback_key": True}
+    assert resp.json() == {"one_time_keys": 2, "fallback_key": True, "fallback_used": False}
 
     # alice is unchanged: one device, her original keys.
     listed = (await http.get("/v1/users/alice/devices", headers=auth)).json()
@@ -720,7 +720,11 @@ async def test_keys_upload_bad_input(world: World) -> None:
     after = (await http.get("/v1/keys/count", headers=auth)).json()
     assert after == before, "a refused upload stored keys"
     resp = await post(http, "/v1/keys/upload", otks(good), token)
-    assert resp.json() == {"one_time_keys": before["one_time_keys"] + 1, "fallback_key": True}
+    assert resp.json() == {
+        "one_time_keys": before["one_time_keys"] + 1,
+        "fallback_key": True,
+        "fallback_used": False,
+    }
     await assert_alice_to_bob(world)
 
 

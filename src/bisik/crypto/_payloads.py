@@ -38,3 +38,10 @@ def auth_payload(*, challenge: str, username: str, device_id: str) -> bytes:
             "device_id": device_id,
         }
     )
+
+
+def backup_auth_payload(*, username: str, challenge: str) -> bytes:
+    """What the recovery key's auth key signs to fetch the account backup."""
+    return canonical_json(
+        {"type": "bisik.backup-auth.v1", "username": username, "challenge": challenge}
+    )

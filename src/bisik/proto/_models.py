@@ -207,3 +207,114 @@ class AckRequest(_Model):
 
 class AckResult(_Model):
     deleted: int
+
+
+# -- devices (linking, names, revocation) -------------------------------------------
+
+# A device name encrypted by the account's devices (see bisik.crypto: device names).
+EncryptedName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/]{16,255}$")]
+# Linking payloads and backups are opaque base64 (standard or URL-safe) to the server.
+_B64 = r"^[A-Za-z0-9+/=_-]+$"
+
+MAX_RENDEZVOUS_BODY = 900 * 1024
+MAX_BACKUP_BYTES = 12 * 1024 * 1024
+
+
+class AddDeviceRequest(_Model):
+    """A new device, signed by the account's identity key (from a linked device)."""
+
+    device: DeviceKeys
+    one_time_keys: list[SignedKey] = Field(default_factory=list, max_length=MAX_KEYS_PER_UPLOAD)
+    fallback_key: SignedKey | None = None
+    name: EncryptedName | None = None
+
+
+class OwnDevice(_Model):
+    device_id: str
+    name: str | None
+    created_at: int
+    last_seen_at: int | None
+
+
+class OwnDevices(_Model):
+    devices: list[OwnDevice]
+
+
+class RenameDeviceRequest(_Model):
+    name: EncryptedName
+
+
+class Done(_Model):
+    ok: bool = True
+
+
+class RendezvousToken(_Model):
+    channel: str
+    token: str
+    expires_at: int
+
+
+class RendezvousWrite(_Model):
+    token: Token
+    body: Annotated[
+        str,
+        StringConstraints(
+            min_length=1, max_length=MAX_RENDEZVOUS_BODY, pattern=r"^[A-Za-z0-9+/=_-]+$"
+        ),
+    ]
+
+
+class RendezvousWritten(_Model):
+    id: int
+
+
+class RendezvousRead(_Model):
+    token: Token
+    after: int = Field(default=0, ge=0, le=MAX_ID)
+    wait: float = Field(default=0, ge=0, le=25)
+
+
+class RendezvousMessageOut(_Model):
+    id: int
+    body: str
+
+
+class RendezvousMessages(_Model):
+    messages: list[RendezvousMessageOut]
+
+
+class RendezvousClose(_Model):
+    token: Token
+
+
+class DevicesWatch(_Model):
+    usernames: list[Username] = Field(max_length=5000)
+
+
+# -- account backup ---------------------------------------------------------------
+
+
+class BackupPut(_Model):
+    auth_key: Key25519
+    version: int = Field(ge=1, le=MAX_ID)
+    ciphertext: Annotated[
+        str,
+        StringConstraints(
+            min_length=1, max_length=MAX_BACKUP_BYTES, pattern=r"^[A-Za-z0-9+/=_-]+$"
+        ),
+    ]
+
+
+class BackupChallengeRequest(_Model):
+    username: Username
+
+
+class BackupFetchRequest(_Model):
+    username: Username
+    challenge: Annotated[str, StringConstraints(max_length=128, pattern=_NO_NUL)]
+    signature: Signature
+
+
+class BackupBlob(_Model):
+    version: int
+    ciphertext: str

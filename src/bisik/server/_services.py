@@ -12,7 +12,12 @@ from bisik.server.handlers import (
     MessagesHandler,
     Notifier,
 )
+from bisik.server.handlers.backups import BackupsHandler
+from bisik.server.handlers.devices import DevicesHandler
+from bisik.server.handlers.rendezvous import RendezvousHandler
 from bisik.server.stores import AccountStore, AuthStore, KeyStore, MessageStore
+from bisik.server.stores.backups import BackupStore
+from bisik.server.stores.rendezvous import RendezvousStore
 
 
 @dataclass
@@ -26,6 +31,9 @@ class Services:
     keys: KeysHandler
     messages: MessagesHandler
     account_store: AccountStore
+    devices: DevicesHandler
+    rendezvous: RendezvousHandler
+    backups: BackupsHandler
 
     @classmethod
     def build(cls, config: ServerConfig, engine: AsyncEngine, notifier: Notifier) -> Services:
@@ -38,4 +46,7 @@ class Services:
             keys=KeysHandler(config, accounts, KeyStore(engine), notifier),
             messages=MessagesHandler(config, accounts, MessageStore(engine), notifier),
             account_store=accounts,
+            devices=DevicesHandler(accounts, notifier),
+            rendezvous=RendezvousHandler(RendezvousStore(engine)),
+            backups=BackupsHandler(BackupStore(engine)),
         )

@@ -12,10 +12,24 @@ class Notifier(Protocol):
 
     async def keys_low(self, device_pk: int, count: int) -> None: ...
 
+    async def devices_changed(self, username: str) -> None:
+        """The user's device list changed: tell whoever watches it."""
+        ...
+
+    async def device_removed(self, device_pk: int) -> None:
+        """A device was revoked: tell it, and drop its connections."""
+        ...
+
 
 class NullNotifier:
     async def deliver(self, device_pk: int, envelope: Envelope) -> None:
         return None
 
     async def keys_low(self, device_pk: int, count: int) -> None:
+        return None
+
+    async def devices_changed(self, username: str) -> None:
+        return None
+
+    async def device_removed(self, device_pk: int) -> None:
         return None

@@ -1,14 +1,23 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from bisik.server._services import Services
 from bisik.server.stores import DeviceRow
 
-# An event handler gets the authenticated device and the raw payload and
-# returns the ack body.
-EventHandler = Callable[[DeviceRow, Any], Awaitable[dict[str, Any]]]
+
+@dataclass(frozen=True)
+class Connection:
+    """One authenticated socket: its id and the device behind it."""
+
+    sid: str
+    device: DeviceRow
+
+
+# An event handler gets the connection and the raw payload and returns the ack body.
+EventHandler = Callable[[Connection, Any], Awaitable[dict[str, Any]]]
 
 
 class Concern(Protocol):

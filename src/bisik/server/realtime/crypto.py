@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from bisik.proto import ClaimRequest, ErrorCode, ProtocolError, UploadKeysRequest
-from bisik.server.realtime._base import ConcernBase, EventHandler
+from bisik.server.realtime._base import ConcernBase, Connection, EventHandler
 from bisik.server.rest._util import parse_model
-from bisik.server.stores import DeviceRow
 
 
 class CryptoConcern(ConcernBase):
@@ -19,18 +18,18 @@ class CryptoConcern(ConcernBase):
             "devices": self.devices,
         }
 
-    async def upload(self, device: DeviceRow, data: Any) -> dict[str, Any]:
+    async def upload(self, conn: Connection, data: Any) -> dict[str, Any]:
         req = parse_model(UploadKeysRequest, data)
-        return (await self.services.keys.upload(device, req)).model_dump()
+        return (await self.services.keys.upload(conn.device, req)).model_dump()
 
-    async def count(self, device: DeviceRow, data: Any) -> dict[str, Any]:
-        return (await self.services.keys.count(device)).model_dump()
+    async def count(self, conn: Connection, data: Any) -> dict[str, Any]:
+        return (await self.services.keys.count(conn.device)).model_dump()
 
-    async def claim(self, device: DeviceRow, data: Any) -> dict[str, Any]:
+    async def claim(self, conn: Connection, data: Any) -> dict[str, Any]:
         req = parse_model(ClaimRequest, data)
         return (await self.services.keys.claim(req)).model_dump()
 
-    async def devices(self, device: DeviceRow, data: Any) -> dict[str, Any]:
+    async def devices(self, conn: Connection, data: Any) -> dict[str, Any]:
         username = data.get("username") if isinstance(data, dict) else None
         if not isinstance(username, str) or not 1 <= len(username) <= 64:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "expected {'username': str}")

@@ -13,9 +13,10 @@ import socketio
 
 from bisik.proto import Envelope, ErrorCode, ProtocolError
 from bisik.server._services import Services
-from bisik.server.realtime._base import EventHandler
+from bisik.server.realtime._base import Connection, EventHandler
 from bisik.server.realtime.auth import AuthConcern
 from bisik.server.realtime.crypto import CryptoConcern
+from bisik.server.realtime.devices import DevicesConcern, user_room
 from bisik.server.realtime.message import MessageConcern
 from bisik.server.realtime.presence import PresenceConcern
 from bisik.server.stores import DeviceRow
@@ -41,6 +42,20 @@ class SocketNotifier:
         if self.sio is not None:
             await self.sio.emit("keys_low", {"count": count}, room=device_room(device_pk))
 
+    async def devices_changed(self, username: str) -> None:
+        if self.sio is not None:
+            await self.sio.emit("devices_changed", {"username": username}, room=user_room(username))
+
+    async def device_removed(self, device_pk: int) -> None:
+        if self.sio is None:
+            return
+        room = device_room(device_pk)
+        await self.sio.emit("device_removed", {}, room=room)
+        # Connections on this process are closed now; on other processes the
+        # device has lost its token and every write it tries fails.
+        for sid, _eio_sid in list(self.sio.manager.get_participants("/", room)):
+            await self.sio.disconnect(sid)
+
 
 def _error(code: ErrorCode | str, message: str) -> dict[str, Any]:
     return {"ok": False, "error": {"code": str(code), "message": message}}
@@ -52,7 +67,13 @@ class BisikNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         self._auth = AuthConcern(services)
         self.presence = PresenceConcern(services)
         self._handlers: dict[str, EventHandler] = {}
-        for concern in (MessageConcern(services), CryptoConcern(services), self.presence):
+        concerns = (
+            MessageConcern(services),
+            CryptoConcern(services),
+            DevicesConcern(services, self.enter_room),
+            self.presence,
+        )
+        for concern in concerns:
             self._handlers.update(concern.events())
         self._devices: dict[str, DeviceRow] = {}
 
@@ -80,7 +101,7 @@ class BisikNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         if len(args) > 2:
             return _error(ErrorCode.BAD_REQUEST, "an event takes exactly one payload")
         try:
-            result = await handler(device, data)
+            result = await handler(Connection(sid, device), data)
         except ProtocolError as exc:
             return _error(exc.code, exc.message)
         except Exception:
@@ -92,6 +113,7 @@ class BisikNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         device = await self._auth.authenticate(auth)
         self._devices[sid] = device
         await self.enter_room(sid, device_room(device.pk))
+        await self.enter_room(sid, user_room(device.username))
         await self.presence.on_connected(sid, device)
         # No keys_low here: a packet sent before the connect handler returns
         # reaches the client before its namespace is open. Clients ask for

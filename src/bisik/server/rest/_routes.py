@@ -24,7 +24,8 @@ from bisik.proto import (
     TokenResponse,
     UploadKeysRequest,
 )
-from bisik.server.rest._util import authenticated, endpoint, read_body, services
+from bisik.server.rest import backups, devices, rendezvous
+from bisik.server.rest._util import ApiRoute, authenticated, endpoint, read_body, services
 
 
 class Health(BaseModel):
@@ -94,7 +95,7 @@ async def user_devices(request: Request) -> DeviceList:
 
 
 # (method, path, endpoint, request model, response model, needs auth)
-_API: list[tuple[str, str, Any, type[BaseModel] | None, type[BaseModel], bool]] = [
+_API: list[ApiRoute] = [
     ("GET", "/v1/health", health, None, Health, False),
     ("POST", "/v1/accounts", register, RegisterRequest, RegisterResponse, False),
     ("POST", "/v1/auth/challenge", challenge, ChallengeRequest, ChallengeResponse, False),
@@ -103,6 +104,9 @@ _API: list[tuple[str, str, Any, type[BaseModel] | None, type[BaseModel], bool]] 
     ("GET", "/v1/keys/count", key_count, None, KeyCount, True),
     ("POST", "/v1/keys/claim", claim_keys, ClaimRequest, ClaimResponse, True),
     ("GET", "/v1/users/{username}/devices", user_devices, None, DeviceList, True),
+    *devices.API,
+    *rendezvous.API,
+    *backups.API,
 ]
 
 

@@ -41,8 +41,9 @@ def parse_model(model: type[M], data: object) -> M:
         raise ProtocolError(ErrorCode.BAD_REQUEST, validation_message(exc)) from None
 
 
-async def read_body(request: Request, model: type[M]) -> M:
-    limit = services(request).config.max_body_bytes
+async def read_body(request: Request, model: type[M], *, limit: int | None = None) -> M:
+    """Read and validate a JSON body of at most ``limit`` bytes (default: the server's)."""
+    limit = limit or services(request).config.max_body_bytes
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
         raise ProtocolError(ErrorCode.PAYLOAD_TOO_LARGE, f"body over {limit} bytes")
@@ -102,3 +103,14 @@ async def http_exception(request: Request, exc: Exception) -> Response:
     code = ErrorCode.NOT_FOUND if exc.status_code == 404 else ErrorCode.BAD_REQUEST
     err = ProtocolError(code, exc.detail)
     return JSONResponse(err.to_body(), status_code=exc.status_code, headers=exc.headers)
+
+
+# One row of the HTTP API: (method, path, endpoint, request model, response model, auth).
+ApiRoute = tuple[str, str, Any, type[BaseModel] | None, type[BaseModel], bool]
+
+
+def path_device_id(request: Request) -> str:
+    device_id = request.path_params["device_id"]
+    if not isinstance(device_id, str) or not 4 <= len(device_id) <= 64:
+        raise ProtocolError(ErrorCode.UNKNOWN_DEVICE, "no such device")
+    return device_id

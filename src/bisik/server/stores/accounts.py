@@ -4,11 +4,20 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy import and_, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from bisik.server.stores.schema import devices, fallback_keys, invites, one_time_keys, users
+from bisik.server.stores.schema import (
+    access_tokens,
+    auth_challenges,
+    devices,
+    envelopes,
+    fallback_keys,
+    invites,
+    one_time_keys,
+    users,
+)
 
 
 class UsernameTaken(Exception):
@@ -21,6 +30,18 @@ class InviteInvalid(Exception):
 
 class DeviceKeyTaken(Exception):
     pass
+
+
+class UnknownUser(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    device_id: str
+    name: str | None
+    created_at: int
+    last_seen_at: int | None
 
 
 @dataclass(frozen=True)
@@ -56,6 +77,60 @@ _DEVICE_COLUMNS = (
 
 def _device(row: Sequence[Any]) -> DeviceRow:
     return DeviceRow(int(row[0]), row[1], row[2], row[3], row[4], row[5], row[6], row[7])
+
+
+async def _insert_device(
+    conn: AsyncConnection,
+    user_pk: int,
+    device: DeviceRow,
+    one_time: Sequence[SignedKeyRow],
+    fallback: SignedKeyRow | None,
+    now: int,
+    name: str | None = None,
+) -> int:
+    """Insert a device and its published keys; ``IntegrityError`` on a clash."""
+    device_pk = (
+        await conn.execute(
+            insert(devices)
+            .values(
+                user_id=user_pk,
+                device_id=device.device_id,
+                curve25519=device.curve25519,
+                ed25519=device.ed25519,
+                identity_signature=device.identity_signature,
+                device_signature=device.device_signature,
+                created_at=now,
+                name=name,
+            )
+            .returning(devices.c.id)
+        )
+    ).scalar_one()
+    if one_time:
+        # One key per key id, as KeyStore.upload keeps it (the id is unique per device).
+        unique = {k.key_id: k for k in one_time}
+        await conn.execute(
+            insert(one_time_keys),
+            [
+                {
+                    "device_pk": device_pk,
+                    "key_id": k.key_id,
+                    "public_key": k.public_key,
+                    "signature": k.signature,
+                }
+                for k in unique.values()
+            ],
+        )
+    if fallback is not None:
+        await conn.execute(
+            insert(fallback_keys).values(
+                device_pk=device_pk,
+                key_id=fallback.key_id,
+                public_key=fallback.public_key,
+                signature=fallback.signature,
+                used=False,
+            )
+        )
+    return int(device_pk)
 
 
 class AccountStore:
@@ -97,21 +172,7 @@ class AccountStore:
             except IntegrityError:
                 raise UsernameTaken() from None
             try:
-                device_pk = (
-                    await conn.execute(
-                        insert(devices)
-                        .values(
-                            user_id=user_pk,
-                            device_id=device.device_id,
-                            curve25519=device.curve25519,
-                            ed25519=device.ed25519,
-                            identity_signature=device.identity_signature,
-                            device_signature=device.device_signature,
-                            created_at=now,
-                        )
-                        .returning(devices.c.id)
-                    )
-                ).scalar_one()
+                device_pk = await _insert_device(conn, user_pk, device, one_time, fallback, now)
             except IntegrityError:
                 # The user is new, so only the unique curve25519 key can clash.
                 raise DeviceKeyTaken() from None
@@ -121,31 +182,6 @@ class AccountStore:
                     .where(invites.c.code_hash == invite_hash)
                     .values(used_by=user_pk)
                 )
-            if one_time:
-                # One key per key id, as KeyStore.upload keeps it (the id is unique per device).
-                unique = {k.key_id: k for k in one_time}
-                await conn.execute(
-                    insert(one_time_keys),
-                    [
-                        {
-                            "device_pk": device_pk,
-                            "key_id": k.key_id,
-                            "public_key": k.public_key,
-                            "signature": k.signature,
-                        }
-                        for k in unique.values()
-                    ],
-                )
-            if fallback is not None:
-                await conn.execute(
-                    insert(fallback_keys).values(
-                        device_pk=device_pk,
-                        key_id=fallback.key_id,
-                        public_key=fallback.public_key,
-                        signature=fallback.signature,
-                        used=False,
-                    )
-                )
             return int(device_pk)
 
     async def get_device(self, username: str, device_id: str) -> DeviceRow | None:
@@ -154,7 +190,11 @@ class AccountStore:
                 await conn.execute(
                     select(*_DEVICE_COLUMNS)
                     .join_from(devices, users, devices.c.user_id == users.c.id)
-                    .where(users.c.username == username, devices.c.device_id == device_id)
+                    .where(
+                        users.c.username == username,
+                        devices.c.device_id == device_id,
+                        devices.c.revoked_at.is_(None),
+                    )
                 )
             ).first()
         return _device(row) if row else None
@@ -165,7 +205,7 @@ class AccountStore:
                 await conn.execute(
                     select(*_DEVICE_COLUMNS)
                     .join_from(devices, users, devices.c.user_id == users.c.id)
-                    .where(devices.c.id == device_pk)
+                    .where(devices.c.id == device_pk, devices.c.revoked_at.is_(None))
                 )
             ).first()
         return _device(row) if row else None
@@ -182,7 +222,7 @@ class AccountStore:
                 await conn.execute(
                     select(*_DEVICE_COLUMNS)
                     .join_from(devices, users, devices.c.user_id == users.c.id)
-                    .where(users.c.username == username)
+                    .where(users.c.username == username, devices.c.revoked_at.is_(None))
                     .order_by(devices.c.id)
                 )
             ).all()
@@ -202,17 +242,114 @@ class AccountStore:
                     select(users.c.username, devices.c.device_id, devices.c.id)
                     .join_from(devices, users, devices.c.user_id == users.c.id)
                     .where(
+                        devices.c.revoked_at.is_(None),
                         or_(
                             *(
                                 and_(users.c.username == u, devices.c.device_id == d)
                                 for u, d in chunk
                             )
-                        )
+                        ),
                     )
                 )
                 for username, device_id, pk in rows:
                     found[(username, device_id)] = int(pk)
         return found
+
+    async def add_device(
+        self,
+        *,
+        device: DeviceRow,
+        one_time: Sequence[SignedKeyRow],
+        fallback: SignedKeyRow | None,
+        name: str | None,
+        now: int,
+    ) -> int:
+        """Add a device to an existing user whose identity key is ``device.identity_key``.
+
+        Raises:
+            UnknownUser: no such user, or the identity key is not the user's.
+            DeviceKeyTaken: the device id or key was ever used (revoked devices included).
+        """
+        async with self._engine.begin() as conn:
+            user_pk = (
+                await conn.execute(
+                    select(users.c.id).where(
+                        users.c.username == device.username,
+                        users.c.identity_key == device.identity_key,
+                    )
+                )
+            ).scalar_one_or_none()
+            if user_pk is None:
+                raise UnknownUser()
+            try:
+                return await _insert_device(
+                    conn, int(user_pk), device, one_time, fallback, now, name
+                )
+            except IntegrityError:
+                raise DeviceKeyTaken() from None
+
+    async def own_devices(self, username: str) -> list[DeviceInfo]:
+        """A user's devices with their (encrypted) names and times, for the user only."""
+        async with self._engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(
+                        devices.c.device_id,
+                        devices.c.name,
+                        devices.c.created_at,
+                        devices.c.last_seen_at,
+                    )
+                    .join_from(devices, users, devices.c.user_id == users.c.id)
+                    .where(users.c.username == username, devices.c.revoked_at.is_(None))
+                    .order_by(devices.c.id)
+                )
+            ).all()
+        return [DeviceInfo(r[0], r[1], int(r[2]), r[3]) for r in rows]
+
+    async def rename_device(self, username: str, device_id: str, name: str) -> bool:
+        async with self._engine.begin() as conn:
+            user_pk = select(users.c.id).where(users.c.username == username).scalar_subquery()
+            result = await conn.execute(
+                update(devices)
+                .where(
+                    devices.c.user_id == user_pk,
+                    devices.c.device_id == device_id,
+                    devices.c.revoked_at.is_(None),
+                )
+                .values(name=name)
+            )
+            return bool(result.rowcount)
+
+    async def revoke_device(self, username: str, device_id: str, now: int) -> int | None:
+        """Revoke a device: it loses its tokens, keys and queue, and can never come back.
+
+        Returns its primary key, or ``None`` if the user has no such live device.
+        """
+        async with self._engine.begin() as conn:
+            user_pk = select(users.c.id).where(users.c.username == username).scalar_subquery()
+            device_pk = (
+                await conn.execute(
+                    update(devices)
+                    .where(
+                        devices.c.user_id == user_pk,
+                        devices.c.device_id == device_id,
+                        devices.c.revoked_at.is_(None),
+                    )
+                    .values(revoked_at=now)
+                    .returning(devices.c.id)
+                )
+            ).scalar_one_or_none()
+            if device_pk is None:
+                return None
+            for table, column in (
+                (access_tokens, access_tokens.c.device_pk),
+                (auth_challenges, auth_challenges.c.device_pk),
+                (one_time_keys, one_time_keys.c.device_pk),
+                (fallback_keys, fallback_keys.c.device_pk),
+                (envelopes, envelopes.c.recipient_device_pk),
+            ):
+                await conn.execute(delete(table).where(column == device_pk))
+            return int(device_pk)
 
     async def add_invite(self, code_hash: bytes, now: int) -> None:
         async with self._engine.begin() as conn:

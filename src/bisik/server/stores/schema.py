@@ -46,6 +46,9 @@ devices = Table(
     Column("device_signature", String(128), nullable=False),
     Column("created_at", BigInteger, nullable=False),
     Column("last_seen_at", BigInteger, nullable=True),
+    Column("name", String(256), nullable=True),
+    # A revoked device keeps its row, so its signed keys can never be registered again.
+    Column("revoked_at", BigInteger, nullable=True),
     UniqueConstraint("user_id", "device_id", name="uq_devices_user_device"),
     sqlite_autoincrement=True,
 )
@@ -121,4 +124,40 @@ envelopes = Table(
     Column("created_at", BigInteger, nullable=False),
     Index("ix_envelopes_recipient", "recipient_device_pk", "id"),
     sqlite_autoincrement=True,
+)
+
+rendezvous = Table(
+    "rendezvous",
+    metadata,
+    Column("channel", String(64), primary_key=True),
+    Column("new_token_hash", LargeBinary(32), nullable=False),
+    Column("existing_token_hash", LargeBinary(32), nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+)
+
+rendezvous_messages = Table(
+    "rendezvous_messages",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column(
+        "channel", String(64), ForeignKey("rendezvous.channel", ondelete="CASCADE"), nullable=False
+    ),
+    Column("role", String(16), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Index("ix_rendezvous_messages_channel", "channel", "id"),
+    sqlite_autoincrement=True,
+)
+
+backups = Table(
+    "backups",
+    metadata,
+    Column("user_id", Id, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("auth_key", String(64), nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Column("ciphertext", Text, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("challenge", String(64), nullable=True),
+    Column("challenge_expires_at", BigInteger, nullable=True),
 )

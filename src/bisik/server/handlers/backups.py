@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import secrets
+
+from bisik.crypto import SignatureError, verify_ed25519
+from bisik.crypto._payloads import backup_auth_payload
+from bisik.proto import (
+    BackupBlob,
+    BackupChallengeRequest,
+    BackupFetchRequest,
+    BackupPut,
+    ChallengeResponse,
+    Done,
+    ErrorCode,
+    ProtocolError,
+)
+from bisik.server._clock import now_ms
+from bisik.server.stores import DeviceRow
+from bisik.server.stores.backups import BackupStore
+
+CHALLENGE_TTL_MS = 2 * 60 * 1000
+
+
+class BackupsHandler:
+    """Encrypted account backups for recovery when every device is lost.
+
+    Fetching needs a signature by a key derived from the recovery key (whose
+    public half came with the backup), so the server hands the ciphertext only
+    to someone who holds the recovery key, and never learns that key.
+    """
+
+    def __init__(self, store: BackupStore) -> None:
+        self._store = store
+
+    async def put(self, device: DeviceRow, req: BackupPut) -> Done:
+        if not await self._store.put(
+            device.username, req.auth_key, req.version, req.ciphertext, now_ms()
+        ):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "a newer backup is already stored")
+        return Done()
+
+    async def challenge(self, req: BackupChallengeRequest) -> ChallengeResponse:
+        challenge = secrets.token_urlsafe(32)
+        expires = now_ms() + CHALLENGE_TTL_MS
+        if not await self._store.set_challenge(req.username, challenge, expires):
+            raise ProtocolError(ErrorCode.NOT_FOUND, "no backup for this user")
+        return ChallengeResponse(challenge=challenge, expires_at=expires)
+
+    async def fetch(self, req: BackupFetchRequest) -> BackupBlob:
+        backup = await self._store.get(req.username)
+        if backup is None:
+            raise ProtocolError(ErrorCode.NOT_FOUND, "no backup for this user")
+        payload = backup_auth_payload(username=req.username, challenge=req.challenge)
+        try:
+            verify_ed25519(backup.auth_key, payload, req.signature)
+        except SignatureError:
+            raise ProtocolError(
+                ErrorCode.BAD_SIGNATURE, "not signed with this backup's recovery key"
+            ) from None
+        if not await self._store.consume_challenge(req.username, req.challenge, now_ms()):
+            raise ProtocolError(ErrorCode.UNAUTHORIZED, "challenge unknown, used or expired")
+        return BackupBlob(version=backup.version, ciphertext=backup.ciphertext)

@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bisik.server.stores.schema import backups, users
+
+
+@dataclass(frozen=True)
+class Backup:
+    auth_key: str
+    version: int
+    ciphertext: str
+
+
+class BackupStore:
+    """One encrypted account backup per user; the server cannot read it."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def put(
+        self, username: str, auth_key: str, version: int, ciphertext: str, now: int
+    ) -> bool:
+        """Store a backup; ``False`` if a newer or equal version is already stored."""
+        async with self._engine.begin() as conn:
+            user_pk = (
+                await conn.execute(select(users.c.id).where(users.c.username == username))
+            ).scalar_one()
+            updated = await conn.execute(
+                update(backups)
+                .where(backups.c.user_id == user_pk, backups.c.version < version)
+                .values(auth_key=auth_key, version=version, ciphertext=ciphertext, updated_at=now)
+            )
+            if updated.rowcount:
+                return True
+            exists = (
+                await conn.execute(select(backups.c.version).where(backups.c.user_id == user_pk))
+            ).scalar_one_or_none()
+            if exists is not None:
+                return False
+            await conn.execute(
+                insert(backups).values(
+                    user_id=user_pk,
+                    auth_key=auth_key,
+                    version=version,
+                    ciphertext=ciphertext,
+                    updated_at=now,
+                )
+            )
+            return True
+
+    async def get(self, username: str) -> Backup | None:
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(backups.c.auth_key, backups.c.version, backups.c.ciphertext)
+                    .join_from(backups, users, backups.c.user_id == users.c.id)
+                    .where(users.c.username == username)
+                )
+            ).first()
+        return Backup(row[0], int(row[1]), row[2]) if row else None
+
+    async def set_challenge(self, username: str, challenge: str, expires_at: int) -> bool:
+        async with self._engine.begin() as conn:
+            user_pk = select(users.c.id).where(users.c.username == username).scalar_subquery()
+            result = await conn.execute(
+                update(backups)
+                .where(backups.c.user_id == user_pk)
+                .values(challenge=challenge, challenge_expires_at=expires_at)
+            )
+            return bool(result.rowcount)
+
+    async def consume_challenge(self, username: str, challenge: str, now: int) -> bool:
+        """True once for the outstanding, unexpired challenge of that user."""
+        async with self._engine.begin() as conn:
+            user_pk = select(users.c.id).where(users.c.username == username).scalar_subquery()
+            result = await conn.execute(
+                update(backups)
+                .where(
+                    backups.c.user_id == user_pk,
+                    backups.c.challenge == challenge,
+                    backups.c.challenge_expires_at >= now,
+                )
+                .values(challenge=None, challenge_expires_at=None)
+            )
+            return bool(result.rowcount)
