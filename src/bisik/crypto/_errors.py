@@ -36,3 +36,34 @@ class OlmDecryptError(CryptoError):
         self.sender_key = sender_key
         self.sessions_tried = sessions_tried
         self.reason = reason
+
+
+class PairingCodeError(CryptoError):
+    """A device-linking pairing code is malformed, of an unknown version, or invalid."""
+
+
+class LinkDecryptError(CryptoError):
+    """A device-linking message was tampered with, replayed, reordered or not for us.
+
+    Attributes:
+        expected: the message counter this side was waiting for.
+        got: the counter the message carried, or ``None`` if it was unreadable.
+    """
+
+    def __init__(self, reason: str, *, expected: int, got: int | None = None) -> None:
+        super().__init__(f"cannot open link message: {reason}")
+        self.reason = reason
+        self.expected = expected
+        self.got = got
+
+
+class RecoveryKeyError(CryptoError):
+    """A typed recovery key has the wrong length, a bad character or a bad checksum."""
+
+
+class BackupDecryptError(CryptoError):
+    """A key backup could not be decrypted: wrong recovery key, tampered or unknown version."""
+
+
+class DeviceNameError(CryptoError):
+    """A device name is too long, or its encrypted blob does not decrypt."""
