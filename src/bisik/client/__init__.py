@@ -15,9 +15,13 @@ from bisik.client._errors import (
     NotConnected,
     ProfileError,
 )
+from bisik.client._linking import LinkError, LinkRequest, VerificationCode
 from bisik.client._models import (
     ConnectionChanged,
     DecryptionFailed,
+    DeviceInfo,
+    DeviceRemoved,
+    DevicesChanged,
     Event,
     IdentityChanged,
     Message,
@@ -26,6 +30,7 @@ from bisik.client._models import (
     MessageSent,
     Synced,
 )
+from bisik.client._recovery import RecoveryError
 from bisik.crypto import KdfParams, WrongPassword
 from bisik.proto import ErrorCode, ProtocolError
 
@@ -34,11 +39,16 @@ __all__ = [
     "ClientError",
     "ConnectionChanged",
     "DecryptionFailed",
+    "DeviceInfo",
+    "DeviceRemoved",
+    "DevicesChanged",
     "ErrorCode",
     "Event",
     "IdentityChanged",
     "IdentityKeyChanged",
     "KdfParams",
+    "LinkError",
+    "LinkRequest",
     "Message",
     "MessageFailed",
     "MessageReceived",
@@ -46,6 +56,8 @@ __all__ = [
     "NotConnected",
     "ProfileError",
     "ProtocolError",
+    "RecoveryError",
     "Synced",
+    "VerificationCode",
     "WrongPassword",
 ]

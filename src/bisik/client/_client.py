@@ -16,15 +16,20 @@ import secrets
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pydantic
 
 from bisik.client import _profile
 from bisik.client._devices import DeviceDirectory
 from bisik.client._errors import ClientError, IdentityKeyChanged, NotConnected, ProfileError
+from bisik.client._linking import Confirm, LinkRequest, approve_link, exporter
 from bisik.client._models import (
     ConnectionChanged,
     DecryptionFailed,
+    DeviceInfo,
+    DeviceRemoved,
+    DevicesChanged,
     DeviceStamp,
     Event,
     IdentityChanged,
@@ -37,6 +42,8 @@ from bisik.client._models import (
     direct_conversation,
 )
 from bisik.client._profile import OpenProfile
+from bisik.client._recovery import build_backup, recover
+from bisik.client._setup import ONE_TIME_KEY_TARGET, new_device
 from bisik.client._store import StoredDevice
 from bisik.client._transport import Transport
 from bisik.crypto import (
@@ -45,27 +52,25 @@ from bisik.crypto import (
     KdfParams,
     OlmDecryptError,
     OlmMachine,
+    RecoveryKey,
     b64decode,
-    b64encode,
-    device_payload,
+    decrypt_device_name,
+    encrypt_device_name,
+    safety_number,
 )
 from bisik.proto import ErrorCode, ProtocolError, validate_username
 
 log = logging.getLogger("bisik.client")
 
-ONE_TIME_KEY_TARGET = 50
+# The backup follows changes at most this often (and on close).
+BACKUP_INTERVAL_S = 60.0
 # Long enough for any chat message, small enough that one send to many devices
 # stays far below the server's frame limit (longer text belongs in an attachment).
 MAX_TEXT_BYTES = 16 * 1024
-_DEVICE_ID_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 
 
 def _now() -> int:
     return int(time.time() * 1000)
-
-
-def _new_device_id() -> str:
-    return "".join(secrets.choice(_DEVICE_ID_ALPHABET) for _ in range(10))
 
 
 class Client:
@@ -98,10 +103,16 @@ class Client:
         self._subscribers: list[asyncio.Queue[Event]] = []
         self._sent_waiters: dict[str, asyncio.Future[Message]] = {}
         self.synced = asyncio.Event()
+        # Set by ``create_account`` only: shown to the user once, never again.
+        self.new_recovery_key: str | None = None
         self._transport.on("connect", self._on_connect)
         self._transport.on("disconnect", self._on_disconnect)
         self._transport.on("envelope", self._on_envelope)
         self._transport.on("keys_low", self._on_keys_low)
+        self._transport.on("devices_changed", self._on_devices_changed)
+        self._transport.on("device_removed", self._on_device_removed)
+        self._backup_dirty = False
+        self._backup_at = 0.0
 
     def __repr__(self) -> str:
         return f"Client({self.username}/{self.device_id} @ {self.server_url})"
@@ -126,62 +137,43 @@ class Client:
                 nothing is left behind in ``home``.
         """
         validate_username(username)
-        profile = _profile.create(home, password, kdf)
-        try:
-            store = profile.store
+        async with new_device(home, password, kdf) as device:
             identity = IdentityKey.generate()
-            with store.transaction():
-                machine = OlmMachine.create(profile.pickle_key, store)
-                one_time = machine.generate_one_time_keys(ONE_TIME_KEY_TARGET)
-                fallback = machine.generate_fallback_key()
-            device_id = _new_device_id()
-            payload = device_payload(
-                username=username,
-                device_id=device_id,
-                curve25519=machine.curve25519,
-                ed25519=machine.ed25519,
-                identity_key=identity.public_key,
-            )
+            recovery = RecoveryKey.generate()
+            signature = identity.sign(device.payload(username, identity.public_key))
             body = {
                 "username": username,
                 "invite": invite,
-                "device": {
-                    "username": username,
-                    "device_id": device_id,
-                    "curve25519": machine.curve25519,
-                    "ed25519": machine.ed25519,
-                    "identity_key": identity.public_key,
-                    "signatures": {
-                        "identity": identity.sign(payload),
-                        "device": machine.sign(payload),
-                    },
-                },
-                "one_time_keys": one_time,
-                "fallback_key": fallback,
+                "device": device.device_keys(username, identity.public_key, signature),
+                "one_time_keys": device.one_time_keys,
+                "fallback_key": device.fallback_key,
             }
             transport = Transport(server_url)
             try:
                 await transport.request("POST", "/v1/accounts", body, auth=False)
             finally:
                 await transport.http.aclose()
-            with store.transaction():
-                machine.mark_keys_as_published()
-                store.set_meta("server_url", server_url.rstrip("/"))
-                store.set_meta("username", username)
-                store.set_meta("device_id", device_id)
-                store.set_meta("identity_key", b64encode(identity.private_bytes()))
-                store.pin_identity(username, identity.public_key, _now())
-        except BaseException:
-            profile.close()
-            _profile.destroy(home)
-            raise
-        return cls(profile, machine, identity)
+            device.finish(server_url=server_url, username=username, identity=identity)
+            with device.profile.store.transaction():
+                device.profile.store.set_meta("recovery_key", recovery.to_text())
+        client = cls(device.profile, device.machine, identity)
+        client.new_recovery_key = recovery.to_text()
+        try:
+            await client.backup_now()
+        except (NotConnected, ProtocolError) as exc:
+            log.warning("first backup failed, will retry: %s", exc)
+            client._backup_dirty = True
+        return client
 
     @classmethod
     async def open(cls, home: Path, password: str) -> Client:
         """Unlock an existing profile (``WrongPassword`` if the password is wrong)."""
         profile = _profile.unlock(home, password)
         try:
+            if profile.store.get_meta("revoked"):
+                raise ProfileError(
+                    "this device was removed from its account; link it again or recover"
+                )
             pickle = profile.store.load_account()
             secret = profile.store.get_meta("identity_key")
             if pickle is None or secret is None:
@@ -193,6 +185,40 @@ class Client:
             profile.close()
             raise
 
+    @staticmethod
+    async def link(
+        home: Path, *, server_url: str, password: str, kdf: KdfParams | None = None
+    ) -> LinkRequest:
+        """Start linking a new device in ``home`` to an existing account.
+
+        Show ``request.code`` to an existing device (``approve_link``), then
+        ``await request.finish()`` for the new device's ``Client``.
+        """
+        return await LinkRequest.start(home, server_url=server_url, password=password, kdf=kdf)
+
+    @staticmethod
+    async def recover(
+        home: Path,
+        *,
+        server_url: str,
+        username: str,
+        recovery_key: str,
+        password: str,
+        kdf: KdfParams | None = None,
+        revoke_others: bool = True,
+    ) -> Client:
+        """Restore an account on a fresh device from its backup (see ``_recovery``)."""
+        client: Client = await recover(
+            home,
+            server_url=server_url,
+            username=username,
+            recovery_key=recovery_key,
+            password=password,
+            kdf=kdf,
+            revoke_others=revoke_others,
+        )
+        return client
+
     async def __aenter__(self) -> Client:
         return self
 
@@ -200,6 +226,9 @@ class Client:
         await self.close()
 
     async def close(self) -> None:
+        if self._backup_dirty and self.connected:
+            with contextlib.suppress(ClientError, ProtocolError, TimeoutError):
+                await asyncio.wait_for(self.backup_now(), 10)
         if self._worker is not None:
             # Python 3.11's wait_for can swallow a cancellation that lands as its
             # inner future completes; the flag and the sentinel stop the worker anyway.
@@ -268,6 +297,19 @@ class Client:
     async def _on_keys_low(self, data: Any = None) -> None:
         self._queue.put_nowait(("replenish", None))
 
+    async def _on_devices_changed(self, data: Any = None) -> None:
+        username = data.get("username") if isinstance(data, dict) else None
+        if isinstance(username, str):
+            self._devices.forget(username)
+            self._emit(DevicesChanged(username))
+
+    async def _on_device_removed(self, data: Any = None) -> None:
+        log.warning("this device was removed from the account")
+        with self._store.transaction():
+            self._store.set_meta("revoked", "1")
+        self._emit(DeviceRemoved())
+        asyncio.get_running_loop().create_task(self._transport.sio.disconnect())
+
     async def _run(self) -> None:
         while not self._closing:
             kind, data = await self._queue.get()
@@ -275,9 +317,11 @@ class Client:
                 return
             try:
                 if kind == "resync":
+                    self._devices.forget_all()
                     await self._resync()
                     await self._flush_outbox()
                     await self._replenish_keys()
+                    await self._devices.watch([u for u, *_ in self._store.identities()])
                 elif kind == "envelope":
                     if self.synced.is_set():
                         await self._handle_envelopes([data])
@@ -285,6 +329,7 @@ class Client:
                     await self._flush_outbox()
                 elif kind == "replenish":
                     await self._replenish_keys()
+                await self._maybe_backup()
             except NotConnected as exc:
                 log.info("worker: %s (will retry on reconnect)", exc)
             except Exception:
@@ -378,6 +423,7 @@ class Client:
             self._machine.forget_cached_sessions()
             raise
         if fresh:
+            self._backup_dirty = True
             self._emit(MessageReceived(message))
         return "received"
 
@@ -512,6 +558,7 @@ class Client:
                     self.username, item.message_id, int(result["seq"]), int(result["ts"])
                 )
                 self._store.remove_outbox(item.message_id)
+            self._backup_dirty = True
             row = self._store.message(self.username, item.message_id)
             if row is not None:
                 message = Message.from_row(row)
@@ -620,9 +667,117 @@ class Client:
         """Acknowledge a changed identity key of ``username`` (after verifying it).
 
         Messages from their new devices that were held on the server come now.
+
+        Raises:
+            ClientError: ``username`` was verified: a changed key needs ``mark_verified``
+                after comparing the new safety number (a hard stop, not a warning).
         """
         await self._devices.trust(username)
+        self._backup_dirty = True
         self._queue.put_nowait(("resync", None))
+
+    # -- verification -----------------------------------------------------------
+
+    def safety_number(self, username: str) -> str:
+        """The number to compare with ``username`` (in person or on a call).
+
+        If their identity key changed, it is the number for the *new* key.
+        """
+        their_key = self._devices.pending_identity(username)
+        if their_key is None:
+            raise ClientError(f"no identity key known for {username}; message them first")
+        return safety_number(self.username, self.identity_key, username, their_key)
+
+    def is_verified(self, username: str) -> bool:
+        return self._store.is_verified(username)
+
+    async def mark_verified(self, username: str) -> None:
+        """Mark ``username`` verified (accepting their current or changed key)."""
+        if self._devices.pending_identity(username) is None:
+            raise ClientError(f"no identity key known for {username}; message them first")
+        await self._devices.trust(username, verified=True)
+        self._backup_dirty = True
+        self._queue.put_nowait(("resync", None))
+
+    # -- this account's devices -----------------------------------------------------
+
+    async def list_devices(self) -> list[DeviceInfo]:
+        """Every device of this account, with its (decrypted) name."""
+        data = await self._transport.request("GET", "/v1/devices")
+        devices = []
+        for raw in data["devices"]:
+            try:
+                name = decrypt_device_name(self._identity, raw["name"]) if raw["name"] else ""
+            except CryptoError:
+                name = "(unreadable name)"
+            devices.append(
+                DeviceInfo(
+                    device_id=raw["device_id"],
+                    name=name,
+                    created_at=int(raw["created_at"]),
+                    last_seen_at=raw["last_seen_at"],
+                    current=raw["device_id"] == self.device_id,
+                )
+            )
+        return devices
+
+    async def rename_device(self, device_id: str, name: str) -> None:
+        blob = encrypt_device_name(self._identity, name)
+        await self._transport.request(
+            "PUT", f"/v1/devices/{quote(device_id, safe='')}/name", {"name": blob}
+        )
+
+    async def remove_device(self, device_id: str) -> None:
+        """Revoke a device of this account: it is signed out and gets nothing more."""
+        await self._transport.request("DELETE", f"/v1/devices/{quote(device_id, safe='')}")
+        self._devices.forget(self.username)
+
+    async def approve_link(
+        self,
+        code: str,
+        *,
+        confirm: Confirm,
+        history_days: int = 30,
+        timeout: float = 300.0,
+    ) -> str:
+        """Link a new device that shows ``code`` to this account.
+
+        Args:
+            confirm: shown the verification code; return ``True`` if the new
+                device shows the same one.
+            history_days: days of history to hand over (0 for none).
+
+        Returns:
+            The new device's id.
+        """
+        new_id = await approve_link(
+            transport=self._transport,
+            username=self.username,
+            identity=self._identity,
+            export=exporter(self._store),
+            code_text=code,
+            confirm=confirm,
+            history_days=history_days,
+            timeout=timeout,
+        )
+        self._devices.forget(self.username)
+        return new_id
+
+    # -- backup -------------------------------------------------------------------
+
+    async def backup_now(self) -> bool:
+        """Upload the encrypted account backup; ``False`` if there is no recovery key."""
+        body = build_backup(self._store, self.username)
+        if body is None:
+            return False
+        await self._transport.request("PUT", "/v1/backup", body)
+        self._backup_dirty = False
+        self._backup_at = time.monotonic()
+        return True
+
+    async def _maybe_backup(self) -> None:
+        if self._backup_dirty and time.monotonic() - self._backup_at > BACKUP_INTERVAL_S:
+            await self.backup_now()
 
 
 class _InvalidContent(ClientError):

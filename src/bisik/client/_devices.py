@@ -7,6 +7,7 @@ use); a different one later blocks sending until the user acknowledges it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import Any
@@ -23,6 +24,7 @@ from bisik.crypto import (
     one_time_key_payload,
     verify_ed25519,
 )
+from bisik.proto import ProtocolError
 
 log = logging.getLogger("bisik.client.devices")
 
@@ -57,9 +59,26 @@ class DeviceDirectory:
         self._store = store
         self._transport = transport
         self._fetched: dict[str, float] = {}
+        # Users whose device-list changes this connection is told about.
+        self._watched: set[str] = set()
 
     def forget(self, username: str) -> None:
         self._fetched.pop(username, None)
+
+    def forget_all(self) -> None:
+        """After a reconnect: lists may have changed while we were away."""
+        self._fetched.clear()
+        self._watched.clear()
+
+    async def watch(self, usernames: list[str]) -> None:
+        """Ask to be told (``devices_changed``) when these users' devices change."""
+        fresh = [u for u in dict.fromkeys(usernames) if u not in self._watched]
+        if not fresh or not self._transport.connected:
+            return
+        for start in range(0, len(fresh), 5000):
+            chunk = fresh[start : start + 5000]
+            await self._transport.call("devices_watch", {"usernames": chunk})
+            self._watched.update(chunk)
 
     async def _fetch(self, username: str) -> list[StoredDevice]:
         data = await self._transport.request("GET", f"/v1/users/{quote(username, safe='')}/devices")
@@ -84,6 +103,9 @@ class DeviceDirectory:
                 return self._store.devices_of(username)
             self._store.replace_devices(username, devices, now)
         self._fetched[username] = time.monotonic()
+        if username not in self._watched:
+            with contextlib.suppress(ClientError, ProtocolError):
+                await self.watch([username])
         return devices
 
     def _check_identity(self, username: str) -> None:
@@ -121,13 +143,36 @@ class DeviceDirectory:
                 self._check_identity(username)
         return device
 
-    async def trust(self, username: str) -> None:
+    async def trust(self, username: str, *, verified: bool = False) -> None:
+        """Accept a changed identity key (``verified`` after comparing safety numbers).
+
+        Raises:
+            ClientError: the contact was verified; only a new verification
+                (``verified=True``) may accept a new key for them.
+        """
         pinned = self._store.pinned_identity(username)
-        if pinned is None or pinned[1] is None:
+        if pinned is None:
             return
+        if pinned[1] is None:
+            if verified:
+                with self._store.transaction():
+                    self._store.pin_identity(username, pinned[0], _now(), verified=True)
+            return
+        if self._store.is_verified(username) and not verified:
+            raise ClientError(
+                f"{username} was verified and their identity key changed: compare the new "
+                f"safety number (`bisik verify {username}`) before accepting it"
+            )
         with self._store.transaction():
-            self._store.pin_identity(username, pinned[1], _now())
+            self._store.pin_identity(username, pinned[1], _now(), verified=verified)
         await self._fetch(username)
+
+    def pending_identity(self, username: str) -> str | None:
+        """The identity key to verify for a contact: a changed one if any, else the pinned."""
+        pinned = self._store.pinned_identity(username)
+        if pinned is None:
+            return None
+        return pinned[1] or pinned[0]
 
     async def ensure_sessions(self, machine: OlmMachine, devices: list[StoredDevice]) -> None:
         """Start an Olm session with every device that has none, from claimed keys.

@@ -95,6 +95,29 @@ class IdentityChanged:
 
 
 @dataclass(frozen=True)
+class DevicesChanged:
+    """A contact (or this account) added, renamed or removed a device."""
+
+    username: str
+
+
+@dataclass(frozen=True)
+class DeviceRemoved:
+    """This device was revoked from another device of the account; it is signed out."""
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """One device of this account, as ``Client.list_devices`` shows it."""
+
+    device_id: str
+    name: str
+    created_at: int
+    last_seen_at: int | None
+    current: bool
+
+
+@dataclass(frozen=True)
 class Synced:
     """The backlog has been fetched after a (re)connect."""
 
@@ -108,6 +131,8 @@ Event = (
     | ConnectionChanged
     | DecryptionFailed
     | IdentityChanged
+    | DevicesChanged
+    | DeviceRemoved
     | Synced
 )
 

@@ -20,7 +20,7 @@ import sqlcipher3
 from bisik.client._errors import ProfileError
 from bisik.client._models import Message
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS identities (
     username TEXT PRIMARY KEY,
     identity_key TEXT NOT NULL,
     first_seen INTEGER NOT NULL,
-    changed_to TEXT
+    changed_to TEXT,
+    verified INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS devices (
     username TEXT NOT NULL,
@@ -120,11 +121,16 @@ class LocalStore:
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA secure_delete=ON")
         conn.executescript(_SCHEMA)
-        conn.execute(
-            "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
-            (str(SCHEMA_VERSION),),
-        )
-        return cls(conn)
+        store = cls(conn)
+        store._migrate()
+        return store
+
+    def _migrate(self) -> None:
+        version = int(self.get_meta("schema_version") or SCHEMA_VERSION)
+        with self.transaction():
+            if version < 2:
+                self._exec("ALTER TABLE identities ADD COLUMN verified INTEGER NOT NULL DEFAULT 0")
+            self.set_meta("schema_version", str(SCHEMA_VERSION))
 
     def close(self) -> None:
         self._conn.close()
@@ -208,13 +214,41 @@ class LocalStore:
         ).fetchone()
         return (str(row[0]), row[1]) if row else None
 
-    def pin_identity(self, username: str, identity_key: str, now: int) -> None:
+    def pin_identity(
+        self, username: str, identity_key: str, now: int, *, verified: bool = False
+    ) -> None:
+        """Pin ``identity_key`` for a contact (a new key starts unverified)."""
         self._exec(
-            "INSERT INTO identities (username, identity_key, first_seen, changed_to) "
-            "VALUES (?, ?, ?, NULL) ON CONFLICT (username) DO UPDATE SET "
-            "identity_key = excluded.identity_key, changed_to = NULL",
-            (username, identity_key, now),
+            "INSERT INTO identities (username, identity_key, first_seen, changed_to, verified) "
+            "VALUES (?, ?, ?, NULL, ?) ON CONFLICT (username) DO UPDATE SET "
+            "identity_key = excluded.identity_key, changed_to = NULL, "
+            "verified = excluded.verified",
+            (username, identity_key, now, int(verified)),
         )
+
+    def is_verified(self, username: str) -> bool:
+        row = self._exec(
+            "SELECT verified FROM identities WHERE username = ?", (username,)
+        ).fetchone()
+        return bool(row and row[0])
+
+    def identities(self) -> list[tuple[str, str, int, bool]]:
+        """Every pinned contact: ``(username, identity_key, first_seen, verified)``."""
+        rows = self._exec(
+            "SELECT username, identity_key, first_seen, verified FROM identities "
+            "WHERE changed_to IS NULL ORDER BY username"
+        ).fetchall()
+        return [(str(r[0]), str(r[1]), int(r[2]), bool(r[3])) for r in rows]
+
+    def messages_since(self, sent_after: int, limit: int) -> list[tuple[Any, ...]]:
+        """The newest ``limit`` messages sent after ``sent_after``, oldest first."""
+        rows = self._exec(
+            "SELECT id, conversation, sender, sender_device, direction, body, sent_at, "
+            "received_at, server_seq, state FROM messages WHERE sent_at > ? "
+            "AND state != 'pending' ORDER BY rowid DESC LIMIT ?",
+            (sent_after, limit),
+        ).fetchall()
+        return [tuple(r) for r in reversed(rows)]
 
     def mark_identity_changed(self, username: str, new_key: str) -> None:
         self._exec("UPDATE identities SET changed_to = ? WHERE username = ?", (new_key, username))

@@ -1,0 +1,124 @@
+"""The encrypted account backup on the server, and recovery from it.
+
+The backup holds the identity key, the recovery key, contacts with their
+verification state and recent history, sealed under a key derived from the
+recovery key (shown to the user once, at account creation). Fetching it needs
+a signature by another key derived from the recovery key, so the server
+neither reads it nor hands it to anyone else.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from bisik.client._errors import ClientError
+from bisik.client._setup import new_device
+from bisik.client._store import LocalStore
+from bisik.client._transfer import export_account, identity_secret, import_account
+from bisik.client._transport import Transport
+from bisik.crypto import (
+    CryptoError,
+    IdentityKey,
+    KdfParams,
+    RecoveryKey,
+    decrypt_backup,
+    encrypt_backup,
+)
+from bisik.crypto._payloads import backup_auth_payload
+from bisik.proto import MAX_BACKUP_BYTES
+
+BACKUP_HISTORY_DAYS = 365
+
+
+class RecoveryError(ClientError):
+    """Recovery failed: no backup, a wrong recovery key, or a corrupt backup."""
+
+
+def build_backup(store: LocalStore, username: str) -> dict[str, Any] | None:
+    """The ``PUT /v1/backup`` body, or ``None`` if this profile has no recovery key.
+
+    History is trimmed (oldest first) until the sealed backup fits the limit.
+    """
+    text = store.get_meta("recovery_key")
+    if text is None:
+        return None
+    key = RecoveryKey.from_text(text)
+    data = export_account(store, history_days=BACKUP_HISTORY_DAYS)
+    while True:
+        blob = encrypt_backup(key, data, username=username)
+        if len(blob) <= MAX_BACKUP_BYTES or not data["history"]:
+            break
+        data["history"] = data["history"][len(data["history"]) // 4 + 1 :]
+    return {
+        "auth_key": key.auth_public_key(),
+        # Milliseconds: a later backup from any device of the account wins.
+        "version": int(time.time() * 1000),
+        "ciphertext": blob,
+    }
+
+
+async def recover(
+    home: Path,
+    *,
+    server_url: str,
+    username: str,
+    recovery_key: str,
+    password: str,
+    kdf: KdfParams | None = None,
+    revoke_others: bool = True,
+    device_name: str | None = None,
+) -> Any:
+    """Restore an account on a fresh device from its backup and the recovery key.
+
+    Args:
+        revoke_others: revoke every other device of the account (they are lost,
+            perhaps stolen), as the default.
+
+    Returns:
+        The new device's ``Client``.
+    """
+    from bisik.client._client import Client
+
+    try:
+        key = RecoveryKey.from_text(recovery_key)
+    except CryptoError as exc:
+        raise RecoveryError(f"not a recovery key: {exc}") from None
+    transport = Transport(server_url)
+    try:
+        challenge = await transport.request(
+            "POST", "/v1/backup/challenge", {"username": username}, auth=False
+        )
+        signature = key.sign_auth(
+            backup_auth_payload(username=username, challenge=str(challenge["challenge"]))
+        )
+        blob = await transport.request(
+            "POST",
+            "/v1/backup/fetch",
+            {"username": username, "challenge": challenge["challenge"], "signature": signature},
+            auth=False,
+        )
+        try:
+            account = decrypt_backup(key, str(blob["ciphertext"]), username=username)
+            identity = IdentityKey.from_private_bytes(identity_secret(account))
+        except (CryptoError, ValueError) as exc:
+            raise RecoveryError(f"the backup does not open with this key: {exc}") from None
+        async with new_device(home, password, kdf) as device:
+            body = device.add_device_body(username, identity, device_name)
+            await transport.request("POST", "/v1/devices", body, auth=False)
+            device.finish(server_url=server_url, username=username, identity=identity)
+            with device.profile.store.transaction():
+                import_account(device.profile.store, account)
+                device.profile.store.set_meta("recovery_key", key.to_text())
+    finally:
+        await transport.http.aclose()
+    client = Client(device.profile, device.machine, identity)
+    if revoke_others:
+        for other in await client.list_devices():
+            if not other.current:
+                await client.remove_device(other.device_id)
+    return client
+
+
+__all__ = ["RecoveryError", "build_backup", "recover"]

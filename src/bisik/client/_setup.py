@@ -1,0 +1,113 @@
+"""Making a new device: its profile and keys, and the signed body the server checks.
+
+Shared by account creation, device linking and recovery, which differ only in
+where the identity key comes from and which endpoint registers the device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bisik.client import _profile
+from bisik.client._profile import OpenProfile
+from bisik.crypto import (
+    IdentityKey,
+    KdfParams,
+    OlmMachine,
+    b64encode,
+    device_payload,
+    encrypt_device_name,
+)
+
+ONE_TIME_KEY_TARGET = 50
+_DEVICE_ID_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+
+
+def new_device_id() -> str:
+    return "".join(secrets.choice(_DEVICE_ID_ALPHABET) for _ in range(10))
+
+
+def default_device_name() -> str:
+    return (platform.node() or "bisik device")[:64]
+
+
+@dataclass
+class NewDevice:
+    """A device's fresh profile and keys, before the server knows it."""
+
+    profile: OpenProfile
+    machine: OlmMachine
+    device_id: str
+    one_time_keys: list[dict[str, str]]
+    fallback_key: dict[str, str]
+
+    def payload(self, username: str, identity_key: str) -> bytes:
+        return device_payload(
+            username=username,
+            device_id=self.device_id,
+            curve25519=self.machine.curve25519,
+            ed25519=self.machine.ed25519,
+            identity_key=identity_key,
+        )
+
+    def device_keys(
+        self, username: str, identity_key: str, identity_signature: str
+    ) -> dict[str, Any]:
+        """The ``DeviceKeys`` body: signed by the identity key and by the device itself."""
+        return {
+            "username": username,
+            "device_id": self.device_id,
+            "curve25519": self.machine.curve25519,
+            "ed25519": self.machine.ed25519,
+            "identity_key": identity_key,
+            "signatures": {
+                "identity": identity_signature,
+                "device": self.machine.sign(self.payload(username, identity_key)),
+            },
+        }
+
+    def add_device_body(
+        self, username: str, identity: IdentityKey, name: str | None
+    ) -> dict[str, Any]:
+        """``POST /v1/devices``: this device, signed with the account's identity key."""
+        signature = identity.sign(self.payload(username, identity.public_key))
+        return {
+            "device": self.device_keys(username, identity.public_key, signature),
+            "one_time_keys": self.one_time_keys,
+            "fallback_key": self.fallback_key,
+            "name": encrypt_device_name(identity, name or default_device_name()),
+        }
+
+    def finish(self, *, server_url: str, username: str, identity: IdentityKey) -> None:
+        """Record the registered device in its profile (keys now published)."""
+        store = self.profile.store
+        with store.transaction():
+            self.machine.mark_keys_as_published()
+            store.set_meta("server_url", server_url.rstrip("/"))
+            store.set_meta("username", username)
+            store.set_meta("device_id", self.device_id)
+            store.set_meta("identity_key", b64encode(identity.private_bytes()))
+            store.pin_identity(username, identity.public_key, int(time.time() * 1000))
+
+
+@contextlib.asynccontextmanager
+async def new_device(home: Path, password: str, kdf: KdfParams | None) -> AsyncIterator[NewDevice]:
+    """A new profile with fresh Olm keys; removed again if the block fails."""
+    profile = _profile.create(home, password, kdf)
+    try:
+        with profile.store.transaction():
+            machine = OlmMachine.create(profile.pickle_key, profile.store)
+            one_time = machine.generate_one_time_keys(ONE_TIME_KEY_TARGET)
+            fallback = machine.generate_fallback_key()
+        yield NewDevice(profile, machine, new_device_id(), one_time, fallback)
+    except BaseException:
+        profile.close()
+        _profile.destroy(home)
+        raise
