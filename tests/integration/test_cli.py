@@ -173,3 +173,78 @@ def test_demo_runs_without_a_terminal() -> None:
     assert proc.returncode == 0, proc.stderr
     assert "echo: echo: hello echo" in proc.stdout
     assert "echo: echo: how are you" in proc.stdout
+
+
+def test_link_devices_verify_and_recover_through_the_cli(
+    server_process: str, tmp_path: Path
+) -> None:
+    env = {**os.environ, "BISIK_PASSWORD": "pw"}
+    laptop = ["--home", str(tmp_path / "laptop"), "--json"]
+    phone = ["--home", str(tmp_path / "phone"), "--json"]
+    bob = ["--home", str(tmp_path / "bob"), "--json"]
+    created = run(
+        *laptop, "account", "create", "--server", server_process, "--username", "alice", env=env
+    )
+    recovery_key = lines(created)[0]["recovery_key"]
+    assert isinstance(recovery_key, str)
+    assert (
+        run(
+            *bob, "account", "create", "--server", server_process, "--username", "bob", env=env
+        ).returncode
+        == 0
+    )
+    assert run(*laptop, "send", "bob", "sent before linking", env=env).returncode == 0
+
+    new = subprocess.Popen(
+        [*BISIK, *phone, "link", "new", "--server", server_process, "--name", "phone"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert new.stdout is not None
+        code = json.loads(new.stdout.readline())["code"]
+        approved = run(*laptop, "link", "approve", code, "--yes", env=env)
+        assert approved.returncode == 0, approved.stderr
+        out, err = new.communicate(timeout=60)
+    finally:
+        if new.poll() is None:
+            new.kill()
+            new.communicate()
+    assert new.returncode == 0, err
+    shown_new = [json.loads(x) for x in out.splitlines() if x.strip()]
+    shown_old = lines(approved)
+    assert shown_new[0]["decimals"] == shown_old[0]["decimals"]
+    assert shown_new[-1]["event"] == "linked"
+    assert [m["body"] for m in lines(run(*phone, "history", "bob", env=env))] == [
+        "sent before linking"
+    ]
+    devices = lines(run(*phone, "devices", env=env))
+    assert {d["name"] for d in devices} >= {"phone"}
+    assert len(devices) == 2
+
+    number = lines(run(*bob, "verify", "alice", env=env))[0]["safety_number"]
+    marked = lines(run(*phone, "verify", "bob", "--mark", env=env))[0]
+    assert marked["safety_number"] == number
+    assert marked["verified"] is True
+
+    gone = next(d["device_id"] for d in devices if not d["current"])
+    assert run(*phone, "devices", "remove", gone, env=env).returncode == 0
+    refused = run(*laptop, "receive", env=env)
+    assert refused.returncode == 1
+
+    restored = run(
+        "--home",
+        str(tmp_path / "new-phone"),
+        "--json",
+        "account",
+        "recover",
+        "--server",
+        server_process,
+        "--username",
+        "alice",
+        env={**env, "BISIK_RECOVERY_KEY": recovery_key},
+    )
+    assert restored.returncode == 0, restored.stderr
+    assert lines(restored)[-1]["event"] == "recovered"

@@ -290,3 +290,40 @@ async def test_safety_numbers_and_verified_identity_change_is_a_hard_stop(
         await alice.trust_identity("bob")
     # The number to compare now is the one for the new key.
     assert alice.safety_number("bob") != number
+
+
+async def test_linking_and_backup_show_the_server_no_plaintext(
+    make_client: ClientFactory, tmp_path: Path, server: RunningServer
+) -> None:
+    canary = "canary-4c1d linking secret: the spare key is under the blue pot"
+    alice = await make_client("alice")
+    bob = await make_client("bob")
+    b_in = bob.subscribe()
+    await alice.send_text("bob", canary)
+    await received(bob, b_in, canary)
+    seen: list[str] = []
+    engine = server.services.engine
+    original = server.services.rendezvous._store.post
+
+    async def spy(channel: str, role: str, body: str, now: int, limit: int) -> int | None:
+        seen.append(body)  # everything the server is given on the rendezvous
+        return await original(channel, role, body, now, limit)
+
+    server.services.rendezvous._store.post = spy
+    desktop = await link(alice, tmp_path / "desktop")
+    await desktop.close()
+    assert await alice.backup_now()
+    assert seen, "the linking went through the rendezvous"
+    async with engine.connect() as conn:
+        backup = (
+            await conn.exec_driver_sql(
+                "SELECT b.ciphertext FROM backups b JOIN users u ON u.id = b.user_id "
+                "WHERE u.username = 'alice'"
+            )
+        ).scalar_one()
+    for blob in [*seen, backup]:
+        assert canary not in blob
+        assert alice.identity_key not in blob  # not even the public key in the clear
+    for path in server.config.data_dir.rglob("*"):
+        if path.is_file():
+            assert canary.encode() not in path.read_bytes()

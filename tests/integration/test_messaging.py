@@ -46,6 +46,7 @@ async def test_offline_delivery_in_order_and_reply(make_client: ClientFactory) -
     assert [m.body for m in alice.history("bob")] == [*texts, "back now"]
     assert [m.body for m in bob.history("alice")] == [*texts, "back now"]
     assert [m.direction for m in bob.history("alice")][-2:] == ["in", "out"]
+    assert bob.conversations() == [("@alice", "back now")]
 
 
 async def test_many_rounds_after_queues_empty(make_client: ClientFactory) -> None:

@@ -46,6 +46,10 @@ async def dispatch(
 ) -> int:
     if args.command == "account":
         return await account(args, home, out, read_password)
+    if args.command == "link" and args.link_command == "new":
+        from bisik.cli._devices import link_new
+
+        return await link_new(args, home, out, read_password)
     if args.command == "demo":
         from bisik.cli._demo import run_demo
 
@@ -68,6 +72,11 @@ async def dispatch(
             await client.trust_identity(args.user)
             out.emit({"event": "trusted", "user": args.user}, f"trusting {args.user}'s new key")
             return 0
+        if args.command in ("link", "devices", "verify"):
+            from bisik.cli import _devices
+
+            await connect(client, out, required=True)
+            return await _devices.dispatch(client, args, out)
         if args.command == "chat":
             from bisik.cli._chat import run_chat
 
@@ -95,10 +104,19 @@ async def account(
                     "device_id": client.device_id,
                     "server": client.server_url,
                     "identity_key": client.identity_key,
+                    "recovery_key": client.new_recovery_key,
                 },
-                f"created {client.username} (device {client.device_id}) on {client.server_url}",
+                f"created {client.username} (device {client.device_id}) on {client.server_url}\n"
+                f"\nRecovery key (shown only now; write it down and keep it safe):\n\n"
+                f"    {client.new_recovery_key}\n\n"
+                "With it, `bisik account recover` restores this account and its history\n"
+                "if every device is lost.",
             )
         return 0
+    if args.account_command == "recover":
+        from bisik.cli._devices import recover
+
+        return await recover(args, home, out, read_password)
     if args.account_command == "password":
         old = read_password()
         new = read_password(confirm=True, env="BISIK_NEW_PASSWORD", prompt="New password: ")

@@ -69,6 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--server", required=True, help="server URL, e.g. http://127.0.0.1:8765")
     create.add_argument("--username", required=True)
     create.add_argument("--invite", help="invite code, if the server is invite-only")
+    recover = acc_sub.add_parser(
+        "recover", help="restore the account on this device (env BISIK_RECOVERY_KEY)"
+    )
+    recover.add_argument("--server", required=True)
+    recover.add_argument("--username", required=True)
+    recover.add_argument(
+        "--keep-devices", action="store_true", help="do not sign out the account's other devices"
+    )
     acc_sub.add_parser("info", help="show username, device and keys")
     acc_sub.add_parser("password", help="change the profile password (env BISIK_NEW_PASSWORD)")
 
@@ -95,6 +103,33 @@ def build_parser() -> argparse.ArgumentParser:
     trust.add_argument("user")
 
     sub.add_parser("conversations", help="list conversations")
+
+    link = sub.add_parser("link", help="link a new device to your account")
+    link_sub = _Subparsers(
+        link.add_subparsers(dest="link_command", required=True, metavar="ACTION"), common
+    )
+    new = link_sub.add_parser("new", help="on the new device: show a pairing code and wait")
+    new.add_argument("--server", required=True)
+    new.add_argument("--name", help="this device's name (default: the host name)")
+    approve = link_sub.add_parser("approve", help="on a signed-in device: link the code's device")
+    approve.add_argument("code")
+    approve.add_argument("--yes", action="store_true", help="confirm without a prompt")
+    approve.add_argument(
+        "--history", type=int, default=30, metavar="DAYS", help="days of history to hand over"
+    )
+
+    devices = sub.add_parser("devices", help="list, rename or remove this account's devices")
+    dev_sub = _Subparsers(devices.add_subparsers(dest="devices_command", metavar="ACTION"), common)
+    dev_sub.add_parser("list", help="list devices (the default)")
+    remove = dev_sub.add_parser("remove", help="sign a device out of the account")
+    remove.add_argument("device_id")
+    rename = dev_sub.add_parser("rename", help="rename a device")
+    rename.add_argument("device_id")
+    rename.add_argument("name")
+
+    verify = sub.add_parser("verify", help="show a contact's safety number, mark it verified")
+    verify.add_argument("user")
+    verify.add_argument("--mark", action="store_true", help="mark as verified (numbers matched)")
 
     demo = sub.add_parser("demo", help="embedded server + you + an echo bot, ready to chat")
     demo.add_argument("--data", type=Path, default=None, help="keep demo data here")

@@ -342,6 +342,7 @@ async def approve_link(
     done = await _read_sealed(mailbox, channel, timeout)
     if done.get("type") != "registered":
         raise LinkError("the new device did not finish registering")
+    await mailbox.close()
     return new_device_id
 
 

@@ -332,10 +332,11 @@ class LocalStore:
         return [tuple(r) for r in reversed(rows)]
 
     def conversations(self) -> list[tuple[str, int, str]]:
+        """``(conversation, last rowid, last body)``, most recent first."""
         rows = self._exec(
-            "SELECT conversation, max(rowid), "
-            "(SELECT body FROM messages m2 WHERE m2.rowid = max(m.rowid)) "
-            "FROM messages m GROUP BY conversation ORDER BY max(rowid) DESC"
+            "SELECT m.conversation, m.rowid, m.body FROM messages m JOIN "
+            "(SELECT conversation, max(rowid) AS last FROM messages GROUP BY conversation) g "
+            "ON m.rowid = g.last ORDER BY m.rowid DESC"
         ).fetchall()
         return [(str(r[0]), int(r[1]), str(r[2])) for r in rows]
 
