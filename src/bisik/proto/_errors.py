@@ -23,6 +23,7 @@ class ErrorCode(StrEnum):
     TOO_MANY_KEYS = "too_many_keys"
     UNKNOWN_EVENT = "unknown_event"
     NOT_FOUND = "not_found"
+    NOT_IN_CONVERSATION = "not_in_conversation"
     INTERNAL = "internal"
 
 
@@ -44,6 +45,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.TOO_MANY_KEYS: 400,
     ErrorCode.UNKNOWN_EVENT: 400,
     ErrorCode.NOT_FOUND: 404,
+    ErrorCode.NOT_IN_CONVERSATION: 403,
     ErrorCode.INTERNAL: 500,
 }
 

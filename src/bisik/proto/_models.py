@@ -168,6 +168,9 @@ class OutgoingEnvelope(_Model):
 class SendRequest(_Model):
     v: Literal[1] = 1
     client_message_id: ClientMessageId
+    # Ephemeral envelopes (typing) are pushed to online devices only, never stored,
+    # and only between users who share a conversation.
+    ephemeral: bool = False
     envelopes: list[OutgoingEnvelope] = Field(min_length=1, max_length=MAX_ENVELOPES_PER_SEND)
 
 
@@ -189,6 +192,7 @@ class Envelope(_Model):
     type: Literal[0, 1]
     body: str
     ts: int
+    ephemeral: bool = False
 
 
 class SyncRequest(_Model):
@@ -318,3 +322,37 @@ class BackupFetchRequest(_Model):
 class BackupBlob(_Model):
     version: int
     ciphertext: str
+
+
+# -- presence, settings, push --------------------------------------------------------
+
+
+class PresenceQuery(_Model):
+    username: Username
+
+
+class PresenceInfo(_Model):
+    username: str
+    visible: bool
+    online: bool = False
+    last_seen_at: int | None = None
+
+
+class Settings(_Model):
+    share_presence: bool | None = None
+
+
+class PushKeys(_Model):
+    p256dh: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_=-]{80,100}$")]
+    auth: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_=-]{16,32}$")]
+
+
+class PushSubscription(_Model):
+    """A standard Web Push subscription (``PushSubscription.toJSON()`` in a browser)."""
+
+    endpoint: Annotated[str, StringConstraints(pattern=r"^https?://[^\s\x00]{1,1000}$")]
+    keys: PushKeys
+
+
+class VapidKey(_Model):
+    public_key: str

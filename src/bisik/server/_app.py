@@ -64,11 +64,15 @@ def create_app(config: ServerConfig) -> Any:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await migrate(engine)
+        if manager is None:
+            # A lone process: no socket survived the restart.
+            await services.presence_store.reset_online()
         log.info("database ready")
         try:
             yield
         finally:
             await sio.shutdown()
+            await services.push.close()
             if manager is not None:
                 await _close_redis_manager(manager)
             await engine.dispose()

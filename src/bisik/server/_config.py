@@ -24,6 +24,11 @@ class ServerConfig:
     low_key_threshold: int = 10
     max_body_bytes: int = 1024 * 1024
     sync_page: int = 200
+    # Web Push: at most one push per device in this many seconds.
+    push_interval_s: int = 30
+    push_contact: str = "mailto:admin@localhost"
+    # Allow push endpoints on loopback/private addresses (tests, closed networks).
+    push_allow_private: bool = False
 
     @property
     def resolved_database_url(self) -> str:

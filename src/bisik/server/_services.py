@@ -14,9 +14,13 @@ from bisik.server.handlers import (
 )
 from bisik.server.handlers.backups import BackupsHandler
 from bisik.server.handlers.devices import DevicesHandler
+from bisik.server.handlers.presence import PresenceHandler
+from bisik.server.handlers.push import PushHandler
 from bisik.server.handlers.rendezvous import RendezvousHandler
 from bisik.server.stores import AccountStore, AuthStore, KeyStore, MessageStore
 from bisik.server.stores.backups import BackupStore
+from bisik.server.stores.presence import PresenceStore
+from bisik.server.stores.push import PushStore
 from bisik.server.stores.rendezvous import RendezvousStore
 
 
@@ -34,19 +38,30 @@ class Services:
     devices: DevicesHandler
     rendezvous: RendezvousHandler
     backups: BackupsHandler
+    presence: PresenceHandler
+    push: PushHandler
+    presence_store: PresenceStore
 
     @classmethod
     def build(cls, config: ServerConfig, engine: AsyncEngine, notifier: Notifier) -> Services:
         accounts = AccountStore(engine)
+        presence_store = PresenceStore(engine)
+        presence = PresenceHandler(presence_store, notifier)
+        push = PushHandler(config, PushStore(engine))
         return cls(
             config=config,
             engine=engine,
             accounts=AccountsHandler(config, accounts),
             auth=AuthHandler(config, accounts, AuthStore(engine)),
             keys=KeysHandler(config, accounts, KeyStore(engine), notifier),
-            messages=MessagesHandler(config, accounts, MessageStore(engine), notifier),
+            messages=MessagesHandler(
+                config, accounts, MessageStore(engine), notifier, presence, push
+            ),
             account_store=accounts,
             devices=DevicesHandler(accounts, notifier),
             rendezvous=RendezvousHandler(RendezvousStore(engine)),
             backups=BackupsHandler(BackupStore(engine)),
+            presence=presence,
+            push=push,
+            presence_store=presence_store,
         )

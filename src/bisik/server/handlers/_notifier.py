@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from bisik.proto import Envelope
+from bisik.proto import Envelope, PresenceInfo
 
 
 class Notifier(Protocol):
@@ -20,6 +20,10 @@ class Notifier(Protocol):
         """A device was revoked: tell it, and drop its connections."""
         ...
 
+    async def presence(self, username: str, info: PresenceInfo) -> None:
+        """Tell ``username``'s own devices about a partner's presence."""
+        ...
+
 
 class NullNotifier:
     async def deliver(self, device_pk: int, envelope: Envelope) -> None:
@@ -32,4 +36,7 @@ class NullNotifier:
         return None
 
     async def device_removed(self, device_pk: int) -> None:
+        return None
+
+    async def presence(self, username: str, info: PresenceInfo) -> None:
         return None

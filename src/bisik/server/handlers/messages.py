@@ -14,7 +14,11 @@ from bisik.proto import (
 from bisik.server._clock import now_ms
 from bisik.server._config import ServerConfig
 from bisik.server.handlers._notifier import Notifier
+from bisik.server.handlers.presence import PresenceHandler
+from bisik.server.handlers.push import PushHandler
 from bisik.server.stores import AccountStore, DeviceRow, EnvelopeRow, MessageStore, NewEnvelope
+
+EPHEMERAL_MAX_BODY = 4096
 
 
 def _envelope(row: EnvelopeRow) -> Envelope:
@@ -39,11 +43,15 @@ class MessagesHandler:
         accounts: AccountStore,
         messages: MessageStore,
         notifier: Notifier,
+        presence: PresenceHandler,
+        push: PushHandler,
     ) -> None:
         self._config = config
         self._accounts = accounts
         self._messages = messages
         self._notifier = notifier
+        self._presence = presence
+        self._push = push
 
     async def send(self, sender: DeviceRow, req: SendRequest) -> SendResult:
         """Store every envelope durably, then push to online recipients.
@@ -61,6 +69,9 @@ class MessagesHandler:
             raise ProtocolError(
                 ErrorCode.UNKNOWN_DEVICE, f"no such device: {', '.join(unknown[:10])}"
             )
+        recipients = {e.username for e in req.envelopes}
+        if req.ephemeral:
+            return await self._send_ephemeral(sender, req, resolved, recipients)
         stored = await self._messages.store(
             sender_pk=sender.pk,
             sender=sender.username,
@@ -74,7 +85,38 @@ class MessagesHandler:
         )
         for row in stored.envelopes:
             await self._notifier.deliver(row.recipient_pk, _envelope(row))
+        if not stored.duplicate:
+            await self._presence.record_conversations(sender.username, recipients)
+            self._push.notify(row.recipient_pk for row in stored.envelopes)
         return SendResult(seq=stored.seq, ts=stored.ts, duplicate=stored.duplicate)
+
+    async def _send_ephemeral(
+        self,
+        sender: DeviceRow,
+        req: SendRequest,
+        resolved: dict[tuple[str, str], int],
+        recipients: set[str],
+    ) -> SendResult:
+        """Push to online devices only (typing): never stored, members only."""
+        await self._presence.require_conversation(sender, recipients)
+        if any(len(e.body) > EPHEMERAL_MAX_BODY for e in req.envelopes):
+            raise ProtocolError(ErrorCode.PAYLOAD_TOO_LARGE, "ephemeral envelopes are small")
+        now = now_ms()
+        for e in req.envelopes:
+            await self._notifier.deliver(
+                resolved[(e.username, e.device_id)],
+                Envelope(
+                    id=0,
+                    seq=0,
+                    sender=sender.username,
+                    sender_device=sender.device_id,
+                    type=e.type,
+                    body=e.body,
+                    ts=now,
+                    ephemeral=True,
+                ),
+            )
+        return SendResult(seq=0, ts=now, duplicate=False)
 
     async def sync(self, device: DeviceRow, req: SyncRequest) -> SyncResult:
         rows = await self._messages.pending(device.pk, req.after, req.limit + 1)

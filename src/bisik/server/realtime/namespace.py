@@ -11,7 +11,7 @@ from typing import Any
 
 import socketio
 
-from bisik.proto import Envelope, ErrorCode, ProtocolError
+from bisik.proto import Envelope, ErrorCode, PresenceInfo, ProtocolError
 from bisik.server._services import Services
 from bisik.server.realtime._base import Connection, EventHandler
 from bisik.server.realtime.auth import AuthConcern
@@ -26,6 +26,11 @@ log = logging.getLogger("bisik.server.realtime")
 
 def device_room(device_pk: int) -> str:
     return f"device:{device_pk}"
+
+
+def account_room(username: str) -> str:
+    """Only the user's own devices: for what concerns the user alone (presence)."""
+    return f"account:{username}"
 
 
 class SocketNotifier:
@@ -45,6 +50,10 @@ class SocketNotifier:
     async def devices_changed(self, username: str) -> None:
         if self.sio is not None:
             await self.sio.emit("devices_changed", {"username": username}, room=user_room(username))
+
+    async def presence(self, username: str, info: PresenceInfo) -> None:
+        if self.sio is not None:
+            await self.sio.emit("presence", info.model_dump(), room=account_room(username))
 
     async def device_removed(self, device_pk: int) -> None:
         if self.sio is None:
@@ -114,6 +123,7 @@ class BisikNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         self._devices[sid] = device
         await self.enter_room(sid, device_room(device.pk))
         await self.enter_room(sid, user_room(device.username))
+        await self.enter_room(sid, account_room(device.username))
         await self.presence.on_connected(sid, device)
         # No keys_low here: a packet sent before the connect handler returns
         # reaches the client before its namespace is open. Clients ask for

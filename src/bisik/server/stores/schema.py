@@ -49,6 +49,8 @@ devices = Table(
     Column("name", String(256), nullable=True),
     # A revoked device keeps its row, so its signed keys can never be registered again.
     Column("revoked_at", BigInteger, nullable=True),
+    # Live sockets of this device across server processes (presence).
+    Column("online_count", Integer, nullable=False, server_default="0"),
     UniqueConstraint("user_id", "device_id", name="uq_devices_user_device"),
     sqlite_autoincrement=True,
 )
@@ -160,4 +162,38 @@ backups = Table(
     Column("updated_at", BigInteger, nullable=False),
     Column("challenge", String(64), nullable=True),
     Column("challenge_expires_at", BigInteger, nullable=True),
+)
+
+conversations = Table(
+    "conversations",
+    metadata,
+    Column("user_a", Id, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("user_b", Id, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("created_at", BigInteger, nullable=False),
+    Index("ix_conversations_user_b", "user_b"),
+)
+
+user_settings = Table(
+    "user_settings",
+    metadata,
+    Column("user_id", Id, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("share_presence", Boolean, nullable=False),
+)
+
+push_subscriptions = Table(
+    "push_subscriptions",
+    metadata,
+    Column("device_pk", Id, ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True),
+    Column("endpoint", String(1024), nullable=False),
+    Column("p256dh", String(128), nullable=False),
+    Column("auth", String(64), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("last_push_at", BigInteger, nullable=False),
+)
+
+server_secrets = Table(
+    "server_secrets",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
 )

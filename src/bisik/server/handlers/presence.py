@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+from bisik.proto import ErrorCode, PresenceInfo, ProtocolError, Settings
+from bisik.server._clock import now_ms
+from bisik.server.handlers._notifier import Notifier
+from bisik.server.stores import DeviceRow
+from bisik.server.stores.presence import PresenceStore
+
+
+class PresenceHandler:
+    """Online state and last seen, shown only to conversation partners.
+
+    Sharing is reciprocal: a user who hides their presence sees nobody's.
+    """
+
+    def __init__(self, store: PresenceStore, notifier: Notifier) -> None:
+        self._store = store
+        self._notifier = notifier
+        self._user_pks: dict[str, int] = {}
+
+    async def user_pk(self, username: str) -> int | None:
+        pk = self._user_pks.get(username)
+        if pk is None:
+            pk = await self._store.user_pk(username)
+            if pk is not None:
+                self._user_pks[username] = pk
+        return pk
+
+    async def connected(self, device: DeviceRow) -> None:
+        if await self._store.device_online(device.pk, +1, now_ms()) == 1:
+            await self._announce(device.username)
+
+    async def disconnected(self, device: DeviceRow) -> None:
+        if await self._store.device_online(device.pk, -1, now_ms()) == 0:
+            await self._announce(device.username)
+
+    async def _announce(self, username: str) -> None:
+        user_pk = await self.user_pk(username)
+        if user_pk is None:
+            return
+        state = await self._store.presence(user_pk)
+        if not state.share_presence:
+            return
+        info = PresenceInfo(
+            username=username, visible=True, online=state.online, last_seen_at=state.last_seen_at
+        )
+        for partner in await self._store.partners(user_pk):
+            partner_pk = await self.user_pk(partner)
+            if partner_pk is not None and await self._store.share_presence(partner_pk):
+                await self._notifier.presence(partner, info)
+
+    async def require_conversation(self, device: DeviceRow, usernames: set[str]) -> None:
+        """Raise ``not_in_conversation`` unless the device's user shares a
+        conversation with every one of ``usernames`` (or is them)."""
+        me = await self.user_pk(device.username)
+        others = {u for u in usernames if u != device.username}
+        pks = {u: await self.user_pk(u) for u in others}
+        known = await self._store.share_conversation(me or -1, {p for p in pks.values() if p})
+        strangers = sorted(u for u, pk in pks.items() if pk is None or pk not in known)
+        if strangers:
+            raise ProtocolError(
+                ErrorCode.NOT_IN_CONVERSATION,
+                f"no conversation with {', '.join(s[:32] for s in strangers[:5])}",
+            )
+
+    async def record_conversations(self, sender: str, recipients: set[str]) -> None:
+        me = await self.user_pk(sender)
+        if me is None:
+            return
+        pairs = []
+        for other in recipients - {sender}:
+            pk = await self.user_pk(other)
+            if pk is not None:
+                pairs.append((me, pk))
+        await self._store.add_pairs(pairs, now_ms())
+
+    async def query(self, device: DeviceRow, username: str) -> PresenceInfo:
+        await self.require_conversation(device, {username})
+        me = await self.user_pk(device.username)
+        target = await self.user_pk(username)
+        assert me is not None and target is not None
+        state = await self._store.presence(target)
+        if not state.share_presence or not await self._store.share_presence(me):
+            return PresenceInfo(username=username, visible=False)
+        return PresenceInfo(
+            username=username, visible=True, online=state.online, last_seen_at=state.last_seen_at
+        )
+
+    async def settings(self, device: DeviceRow, req: Settings) -> Settings:
+        me = await self.user_pk(device.username)
+        assert me is not None
+        if req.share_presence is not None:
+            await self._store.set_share_presence(me, req.share_presence)
+        return Settings(share_presence=await self._store.share_presence(me))
