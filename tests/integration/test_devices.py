@@ -327,3 +327,29 @@ async def test_linking_and_backup_show_the_server_no_plaintext(
     for path in server.config.data_dir.rglob("*"):
         if path.is_file():
             assert canary.encode() not in path.read_bytes()
+
+
+async def test_a_device_joins_only_with_a_grant_or_the_recovery_key(
+    make_client: ClientFactory, tmp_path: Path, server: RunningServer
+) -> None:
+    """A revoked device still holds the identity key; it must not add devices."""
+    from bisik.client._setup import new_device
+
+    alice = await make_client("alice")
+    identity = alice._identity
+    async with new_device(tmp_path / "rogue", PASSWORD, FAST_KDF) as rogue:
+        for extra in (
+            {},
+            {"grant": "x" * 43},
+            {"recovery": {"challenge": "c", "signature": "A" * 86}},
+        ):
+            body = rogue.add_device_body("alice", identity, "rogue", **extra)  # type: ignore[arg-type]
+            with pytest.raises(ProtocolError) as err:
+                await alice._transport.request("POST", "/v1/devices", body, auth=False)
+            assert err.value.code in ("unauthorized", "bad_signature", "bad_request")
+        grant = (await alice._transport.request("POST", "/v1/devices/grant"))["grant"]
+        body = rogue.add_device_body("alice", identity, "ok", grant=grant)
+        await alice._transport.request("POST", "/v1/devices", body, auth=False)
+        with pytest.raises(ProtocolError):  # a grant works once
+            await alice._transport.request("POST", "/v1/devices", body, auth=False)
+        rogue.profile.close()

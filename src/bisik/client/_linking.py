@@ -11,7 +11,7 @@ Messages on the channel, in order::
     existing -> new   {"key": <existing X25519 public key>}       (clear)
     existing -> new   {"type": "intro", username, identity_key}  (sealed)
     new -> existing   {"type": "device", device_id, curve25519, ed25519, signature}
-    existing -> new   {"type": "approved", identity_signature} | {"type": "rejected"}
+    existing -> new   {"type": "approved", grant} | {"type": "rejected"}
     existing -> new   {"type": "account", "part": i, "parts": n, "data": ...}  (n >= 1)
     new -> existing   {"type": "registered"}
 """
@@ -251,11 +251,13 @@ class LinkRequest:
                 parts.append(str(part["data"]))
                 if len(parts) >= int(part["parts"]):
                     break
-            account = json.loads("".join(parts))
+            account = json.loads(base64.b64decode("".join(parts)))
             identity = IdentityKey.from_private_bytes(identity_secret(account))
             if identity.public_key != identity_key:
                 raise LinkError("the account data does not match the identity key")
-            body = device.add_device_body(username, identity, device_name)
+            body = device.add_device_body(
+                username, identity, device_name, grant=str(verdict["grant"])
+            )
             await self._transport.request("POST", "/v1/devices", body, auth=False)
             device.finish(
                 server_url=self._transport.server_url, username=username, identity=identity
@@ -330,10 +332,10 @@ async def approve_link(
     if not await confirm(_sas(channel)):
         await mailbox.write(channel.seal({"type": "rejected"}))
         raise LinkError("verification codes not confirmed; the device was not linked")
-    await mailbox.write(
-        channel.seal({"type": "approved", "identity_signature": identity.sign(payload)})
-    )
-    data = json.dumps(export(history_days))
+    grant = await transport.request("POST", "/v1/devices/grant")
+    await mailbox.write(channel.seal({"type": "approved", "grant": grant["grant"]}))
+    # Base64 first: its characters need no escaping inside the sealed JSON.
+    data = base64.b64encode(json.dumps(export(history_days)).encode()).decode()
     chunks = [data[i : i + _PART_CHARS] for i in range(0, len(data), _PART_CHARS)] or [""]
     for index, chunk in enumerate(chunks):
         await mailbox.write(

@@ -9,7 +9,6 @@ neither reads it nor hands it to anyone else.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +52,6 @@ def build_backup(store: LocalStore, username: str) -> dict[str, Any] | None:
         data["history"] = data["history"][len(data["history"]) // 4 + 1 :]
     return {
         "auth_key": key.auth_public_key(),
-        # Milliseconds: a later backup from any device of the account wins.
-        "version": int(time.time() * 1000),
         "ciphertext": blob,
     }
 
@@ -105,7 +102,17 @@ async def recover(
         except (CryptoError, ValueError) as exc:
             raise RecoveryError(f"the backup does not open with this key: {exc}") from None
         async with new_device(home, password, kdf) as device:
-            body = device.add_device_body(username, identity, device_name)
+            # A second proof of the recovery key lets this device join the account.
+            again = await transport.request(
+                "POST", "/v1/backup/challenge", {"username": username}, auth=False
+            )
+            proof = {
+                "challenge": str(again["challenge"]),
+                "signature": key.sign_auth(
+                    backup_auth_payload(username=username, challenge=str(again["challenge"]))
+                ),
+            }
+            body = device.add_device_body(username, identity, device_name, recovery=proof)
             await transport.request("POST", "/v1/devices", body, auth=False)
             device.finish(server_url=server_url, username=username, identity=identity)
             with device.profile.store.transaction():

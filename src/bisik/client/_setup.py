@@ -74,12 +74,21 @@ class NewDevice:
         }
 
     def add_device_body(
-        self, username: str, identity: IdentityKey, name: str | None
+        self,
+        username: str,
+        identity: IdentityKey,
+        name: str | None,
+        *,
+        grant: str | None = None,
+        recovery: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        """``POST /v1/devices``: this device, signed with the account's identity key."""
+        """``POST /v1/devices``: this device, signed with the account's identity key,
+        with the permission to join (a grant from a linked device, or a recovery proof)."""
         signature = identity.sign(self.payload(username, identity.public_key))
         return {
             "device": self.device_keys(username, identity.public_key, signature),
+            "grant": grant,
+            "recovery": recovery,
             "one_time_keys": self.one_time_keys,
             "fallback_key": self.fallback_key,
             "name": encrypt_device_name(identity, name or default_device_name()),

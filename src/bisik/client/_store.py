@@ -232,13 +232,13 @@ class LocalStore:
         ).fetchone()
         return bool(row and row[0])
 
-    def identities(self) -> list[tuple[str, str, int, bool]]:
-        """Every pinned contact: ``(username, identity_key, first_seen, verified)``."""
+    def identities(self) -> list[tuple[str, str, int, bool, str | None]]:
+        """Every contact: ``(username, pinned_key, first_seen, verified, changed_to)``."""
         rows = self._exec(
-            "SELECT username, identity_key, first_seen, verified FROM identities "
-            "WHERE changed_to IS NULL ORDER BY username"
+            "SELECT username, identity_key, first_seen, verified, changed_to FROM identities "
+            "ORDER BY username"
         ).fetchall()
-        return [(str(r[0]), str(r[1]), int(r[2]), bool(r[3])) for r in rows]
+        return [(str(r[0]), str(r[1]), int(r[2]), bool(r[3]), r[4]) for r in rows]
 
     def messages_since(self, sent_after: int, limit: int) -> list[tuple[Any, ...]]:
         """The newest ``limit`` messages sent after ``sent_after``, oldest first."""

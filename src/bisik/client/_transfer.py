@@ -41,8 +41,8 @@ def export_account(store: LocalStore, *, history_days: int) -> dict[str, Any]:
         "identity_key": secret,
         "recovery_key": recovery,
         "contacts": [
-            {"username": u, "identity_key": k, "first_seen": t, "verified": v}
-            for u, k, t, v in store.identities()
+            {"username": u, "identity_key": k, "first_seen": t, "verified": v, "changed_to": c}
+            for u, k, t, v, c in store.identities()
         ],
         "history": history,
     }
@@ -69,6 +69,9 @@ def import_account(store: LocalStore, data: dict[str, Any]) -> int:
             int(contact["first_seen"]),
             verified=bool(contact.get("verified")),
         )
+        if isinstance(contact.get("changed_to"), str):
+            # A pending key change stays pending (and a hard stop if verified).
+            store.mark_identity_changed(str(contact["username"]), contact["changed_to"])
     imported = 0
     for raw in data.get("history", []):
         message = Message(

@@ -224,13 +224,28 @@ MAX_RENDEZVOUS_BODY = 900 * 1024
 MAX_BACKUP_BYTES = 12 * 1024 * 1024
 
 
+class RecoveryProof(_Model):
+    """A backup challenge signed with the recovery key's auth key."""
+
+    challenge: Annotated[str, StringConstraints(max_length=128, pattern=_NO_NUL)]
+    signature: Signature
+
+
 class AddDeviceRequest(_Model):
-    """A new device, signed by the account's identity key (from a linked device)."""
+    """A new device, signed by the account's identity key, with a permission:
+    a ``grant`` from a signed-in device (linking) or a ``recovery`` proof."""
 
     device: DeviceKeys
+    grant: Token | None = None
+    recovery: RecoveryProof | None = None
     one_time_keys: list[SignedKey] = Field(default_factory=list, max_length=MAX_KEYS_PER_UPLOAD)
     fallback_key: SignedKey | None = None
     name: EncryptedName | None = None
+
+
+class DeviceGrant(_Model):
+    grant: str
+    expires_at: int
 
 
 class OwnDevice(_Model):
@@ -300,7 +315,6 @@ class DevicesWatch(_Model):
 
 class BackupPut(_Model):
     auth_key: Key25519
-    version: int = Field(ge=1, le=MAX_ID)
     ciphertext: Annotated[
         str,
         StringConstraints(

@@ -48,6 +48,7 @@ class Services:
         presence_store = PresenceStore(engine)
         presence = PresenceHandler(presence_store, notifier)
         push = PushHandler(config, PushStore(engine))
+        backups = BackupsHandler(BackupStore(engine))
         return cls(
             config=config,
             engine=engine,
@@ -58,9 +59,9 @@ class Services:
                 config, accounts, MessageStore(engine), notifier, presence, push
             ),
             account_store=accounts,
-            devices=DevicesHandler(accounts, notifier),
+            devices=DevicesHandler(accounts, notifier, backups),
             rendezvous=RendezvousHandler(RendezvousStore(engine)),
-            backups=BackupsHandler(BackupStore(engine)),
+            backups=backups,
             presence=presence,
             push=push,
             presence_store=presence_store,

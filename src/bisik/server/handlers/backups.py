@@ -16,7 +16,7 @@ from bisik.proto import (
 )
 from bisik.server._clock import now_ms
 from bisik.server.stores import DeviceRow
-from bisik.server.stores.backups import BackupStore
+from bisik.server.stores.backups import Backup, BackupStore
 
 CHALLENGE_TTL_MS = 2 * 60 * 1000
 
@@ -33,10 +33,7 @@ class BackupsHandler:
         self._store = store
 
     async def put(self, device: DeviceRow, req: BackupPut) -> Done:
-        if not await self._store.put(
-            device.username, req.auth_key, req.version, req.ciphertext, now_ms()
-        ):
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "a newer backup is already stored")
+        await self._store.put(device.username, req.auth_key, req.ciphertext, now_ms())
         return Done()
 
     async def challenge(self, req: BackupChallengeRequest) -> ChallengeResponse:
@@ -46,17 +43,22 @@ class BackupsHandler:
             raise ProtocolError(ErrorCode.NOT_FOUND, "no backup for this user")
         return ChallengeResponse(challenge=challenge, expires_at=expires)
 
-    async def fetch(self, req: BackupFetchRequest) -> BackupBlob:
-        backup = await self._store.get(req.username)
+    async def prove(self, username: str, challenge: str, signature: str) -> Backup:
+        """Check a signature by the recovery key's auth key over a fresh challenge."""
+        backup = await self._store.get(username)
         if backup is None:
             raise ProtocolError(ErrorCode.NOT_FOUND, "no backup for this user")
-        payload = backup_auth_payload(username=req.username, challenge=req.challenge)
+        payload = backup_auth_payload(username=username, challenge=challenge)
         try:
-            verify_ed25519(backup.auth_key, payload, req.signature)
+            verify_ed25519(backup.auth_key, payload, signature)
         except SignatureError:
             raise ProtocolError(
                 ErrorCode.BAD_SIGNATURE, "not signed with this backup's recovery key"
             ) from None
-        if not await self._store.consume_challenge(req.username, req.challenge, now_ms()):
+        if not await self._store.consume_challenge(username, challenge, now_ms()):
             raise ProtocolError(ErrorCode.UNAUTHORIZED, "challenge unknown, used or expired")
+        return backup
+
+    async def fetch(self, req: BackupFetchRequest) -> BackupBlob:
+        backup = await self.prove(req.username, req.challenge, req.signature)
         return BackupBlob(version=backup.version, ciphertext=backup.ciphertext)

@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import hashlib
+import secrets
+
 from bisik.proto import (
     AddDeviceRequest,
+    DeviceGrant,
     Done,
     ErrorCode,
     OwnDevice,
@@ -13,16 +17,48 @@ from bisik.proto import (
 from bisik.server._clock import now_ms
 from bisik.server.handlers._notifier import Notifier
 from bisik.server.handlers.accounts import verify_device_keys, verify_signed_keys
+from bisik.server.handlers.backups import BackupsHandler
 from bisik.server.stores import AccountStore, DeviceRow
 from bisik.server.stores.accounts import DeviceKeyTaken, UnknownUser
+
+GRANT_TTL_MS = 10 * 60 * 1000
+
+
+def _hash(grant: str) -> bytes:
+    return hashlib.sha256(grant.encode()).digest()
 
 
 class DevicesHandler:
     """A user's further devices: added with the identity key's signature, renamed, revoked."""
 
-    def __init__(self, accounts: AccountStore, notifier: Notifier) -> None:
+    def __init__(self, accounts: AccountStore, notifier: Notifier, backups: BackupsHandler) -> None:
         self._accounts = accounts
         self._notifier = notifier
+        self._backups = backups
+
+    async def grant(self, device: DeviceRow) -> DeviceGrant:
+        """A one-time permission (10 minutes) for a new device to join this account."""
+        grant = secrets.token_urlsafe(32)
+        now = now_ms()
+        expires = now + GRANT_TTL_MS
+        await self._accounts.add_grant(device.username, _hash(grant), now, expires)
+        return DeviceGrant(grant=grant, expires_at=expires)
+
+    async def _authorise(self, req: AddDeviceRequest) -> None:
+        # The identity signature proves the key; the permission proves a live
+        # device (or the recovery key) wants it: a revoked device holding an old
+        # copy of the identity key cannot add devices.
+        username = req.device.username
+        if req.grant is not None:
+            if await self._accounts.consume_grant(username, _hash(req.grant), now_ms()):
+                return
+            raise ProtocolError(ErrorCode.UNAUTHORIZED, "the device grant is unknown or used")
+        if req.recovery is not None:
+            await self._backups.prove(username, req.recovery.challenge, req.recovery.signature)
+            return
+        raise ProtocolError(
+            ErrorCode.UNAUTHORIZED, "adding a device needs a grant or a recovery proof"
+        )
 
     async def add(self, req: AddDeviceRequest) -> RegisterResponse:
         """Register a device that one of the user's devices signed with the identity key.
@@ -31,6 +67,7 @@ class DevicesHandler:
         identity key (an existing device, or the recovery backup) can make one.
         """
         verify_device_keys(req.device)
+        await self._authorise(req)
         one_time, fallback = verify_signed_keys(
             req.device.ed25519, req.one_time_keys, req.fallback_key
         )

@@ -7,6 +7,7 @@ the concerns stay in their own modules and register their events here.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import socketio
@@ -22,6 +23,9 @@ from bisik.server.realtime.presence import PresenceConcern
 from bisik.server.stores import DeviceRow
 
 log = logging.getLogger("bisik.server.realtime")
+
+# How stale a socket's "device not revoked" check may get (see _still_valid).
+REVALIDATE_S = 5.0
 
 
 def device_room(device_pk: int) -> str:
@@ -60,8 +64,8 @@ class SocketNotifier:
             return
         room = device_room(device_pk)
         await self.sio.emit("device_removed", {}, room=room)
-        # Connections on this process are closed now; on other processes the
-        # device has lost its token and every write it tries fails.
+        # Connections on this process are closed now; sockets on other server
+        # processes are refused at their next event (BisikNamespace._still_valid).
         for sid, _eio_sid in list(self.sio.manager.get_participants("/", room)):
             await self.sio.disconnect(sid)
 
@@ -85,6 +89,7 @@ class BisikNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         for concern in concerns:
             self._handlers.update(concern.events())
         self._devices: dict[str, DeviceRow] = {}
+        self._validated: dict[str, float] = {}
 
     async def trigger_event(self, event: Any, *args: Any) -> Any:
         sid = args[0]
@@ -102,6 +107,8 @@ class BisikNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         device = self._devices.get(sid)
         if device is None:
             return _error(ErrorCode.UNAUTHORIZED, "not authenticated")
+        if not await self._still_valid(sid, device):
+            return _error(ErrorCode.UNAUTHORIZED, "this device was removed from its account")
         if not isinstance(event, str):
             return _error(ErrorCode.BAD_REQUEST, "an event name must be a string")
         handler = self._handlers.get(event)
@@ -118,9 +125,26 @@ class BisikNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             return _error(ErrorCode.INTERNAL, "internal server error")
         return {"ok": True, **result}
 
+    async def _still_valid(self, sid: str, device: DeviceRow) -> bool:
+        """Re-check now and then that the device was not revoked meanwhile.
+
+        The revoking process closes its own sockets at once; this closes the
+        ones on other server processes within ``REVALIDATE_S``.
+        """
+        now = time.monotonic()
+        if now - self._validated.get(sid, 0.0) < REVALIDATE_S:
+            return True
+        if await self._auth.services.account_store.get_device_by_pk(device.pk) is None:
+            self._devices.pop(sid, None)
+            await self.disconnect(sid)
+            return False
+        self._validated[sid] = now
+        return True
+
     async def _connect(self, sid: str, auth: Any) -> None:
         device = await self._auth.authenticate(auth)
         self._devices[sid] = device
+        self._validated[sid] = time.monotonic()
         await self.enter_room(sid, device_room(device.pk))
         await self.enter_room(sid, user_room(device.username))
         await self.enter_room(sid, account_room(device.username))
@@ -130,6 +154,7 @@ class BisikNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         # their key count after every (re)connect instead.
 
     async def _disconnect(self, sid: str) -> None:
+        self._validated.pop(sid, None)
         device = self._devices.pop(sid, None)
         if device is not None:
             await self.presence.on_disconnected(sid, device)

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from bisik.server.stores.schema import (
     access_tokens,
     auth_challenges,
+    device_grants,
     devices,
     envelopes,
     fallback_keys,
@@ -350,6 +351,29 @@ class AccountStore:
             ):
                 await conn.execute(delete(table).where(column == device_pk))
             return int(device_pk)
+
+    async def add_grant(self, username: str, grant_hash: bytes, now: int, expires_at: int) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(delete(device_grants).where(device_grants.c.expires_at < now))
+            user_pk = select(users.c.id).where(users.c.username == username).scalar_subquery()
+            await conn.execute(
+                insert(device_grants).values(
+                    grant_hash=grant_hash, user_id=user_pk, expires_at=expires_at
+                )
+            )
+
+    async def consume_grant(self, username: str, grant_hash: bytes, now: int) -> bool:
+        """True once for an unexpired grant issued to a device of ``username``."""
+        async with self._engine.begin() as conn:
+            user_pk = select(users.c.id).where(users.c.username == username).scalar_subquery()
+            result = await conn.execute(
+                delete(device_grants).where(
+                    device_grants.c.grant_hash == grant_hash,
+                    device_grants.c.user_id == user_pk,
+                    device_grants.c.expires_at >= now,
+                )
+            )
+            return bool(result.rowcount)
 
     async def add_invite(self, code_hash: bytes, now: int) -> None:
         async with self._engine.begin() as conn:

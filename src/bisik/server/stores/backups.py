@@ -21,36 +21,35 @@ class BackupStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    async def put(
-        self, username: str, auth_key: str, version: int, ciphertext: str, now: int
-    ) -> bool:
-        """Store a backup; ``False`` if a newer or equal version is already stored."""
+    async def put(self, username: str, auth_key: str, ciphertext: str, now: int) -> int:
+        """Store a backup; the server numbers versions (increasing), not the client's clock."""
         async with self._engine.begin() as conn:
             user_pk = (
                 await conn.execute(select(users.c.id).where(users.c.username == username))
             ).scalar_one()
-            updated = await conn.execute(
-                update(backups)
-                .where(backups.c.user_id == user_pk, backups.c.version < version)
-                .values(auth_key=auth_key, version=version, ciphertext=ciphertext, updated_at=now)
-            )
-            if updated.rowcount:
-                return True
-            exists = (
+            old = (
                 await conn.execute(select(backups.c.version).where(backups.c.user_id == user_pk))
             ).scalar_one_or_none()
-            if exists is not None:
-                return False
-            await conn.execute(
-                insert(backups).values(
-                    user_id=user_pk,
-                    auth_key=auth_key,
-                    version=version,
-                    ciphertext=ciphertext,
-                    updated_at=now,
+            version = max(now, int(old) + 1) if old is not None else now
+            if old is None:
+                await conn.execute(
+                    insert(backups).values(
+                        user_id=user_pk,
+                        auth_key=auth_key,
+                        version=version,
+                        ciphertext=ciphertext,
+                        updated_at=now,
+                    )
                 )
-            )
-            return True
+            else:
+                await conn.execute(
+                    update(backups)
+                    .where(backups.c.user_id == user_pk)
+                    .values(
+                        auth_key=auth_key, version=version, ciphertext=ciphertext, updated_at=now
+                    )
+                )
+            return version
 
     async def get(self, username: str) -> Backup | None:
         async with self._engine.connect() as conn:

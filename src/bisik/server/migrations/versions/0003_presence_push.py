@@ -1,5 +1,5 @@
 """Conversation pairs (membership for presence and typing), privacy settings,
-online device counts, Web Push subscriptions and the server's VAPID key.
+online device counts, Web Push subscriptions, device grants and the server's VAPID key.
 
 Revision ID: 0003
 Revises: 0002
@@ -45,6 +45,13 @@ def upgrade() -> None:
         sa.Column("last_push_at", sa.BigInteger, nullable=False),
     )
     op.create_table(
+        "device_grants",
+        # One-time permissions to add a device, issued to a signed-in device.
+        sa.Column("grant_hash", sa.LargeBinary(32), primary_key=True),
+        sa.Column("user_id", Id, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+        sa.Column("expires_at", sa.BigInteger, nullable=False),
+    )
+    op.create_table(
         "server_secrets",
         sa.Column("name", sa.String(64), primary_key=True),
         sa.Column("value", sa.Text, nullable=False),
@@ -53,6 +60,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("server_secrets")
+    op.drop_table("device_grants")
     op.drop_table("push_subscriptions")
     with op.batch_alter_table("devices") as batch:
         batch.drop_column("online_count")
