@@ -28,7 +28,11 @@ from bisik.client._models import (
     MessageFailed,
     MessageReceived,
     MessageSent,
+    MessagesRead,
+    PresenceChanged,
+    ReceiptUpdated,
     Synced,
+    TypingChanged,
 )
 from bisik.client._recovery import RecoveryError
 from bisik.crypto import KdfParams, WrongPassword
@@ -53,11 +57,15 @@ __all__ = [
     "MessageFailed",
     "MessageReceived",
     "MessageSent",
+    "MessagesRead",
     "NotConnected",
+    "PresenceChanged",
     "ProfileError",
     "ProtocolError",
+    "ReceiptUpdated",
     "RecoveryError",
     "Synced",
+    "TypingChanged",
     "VerificationCode",
     "WrongPassword",
 ]

@@ -37,13 +37,17 @@ from bisik.client._models import (
     MessageFailed,
     MessageReceived,
     MessageSent,
+    MessagesRead,
     Plaintext,
+    PresenceChanged,
     Synced,
+    TypingChanged,
     direct_conversation,
 )
 from bisik.client._profile import OpenProfile
 from bisik.client._recovery import build_backup, recover
 from bisik.client._setup import ONE_TIME_KEY_TARGET, new_device
+from bisik.client._signals import Signals
 from bisik.client._store import StoredDevice
 from bisik.client._transport import Transport
 from bisik.crypto import (
@@ -110,6 +114,9 @@ class Client:
         self._transport.on("envelope", self._on_envelope)
         self._transport.on("keys_low", self._on_keys_low)
         self._transport.on("devices_changed", self._on_devices_changed)
+        self._transport.on("presence", self._on_presence)
+        self._signals = Signals(store, username, self._emit)
+        self._delivered: dict[str, list[str]] = {}
         self._transport.on("device_removed", self._on_device_removed)
         self._backup_dirty = False
         self._backup_at = 0.0
@@ -237,6 +244,7 @@ class Client:
             self._worker.cancel()
             await asyncio.wait([self._worker], timeout=5)
             self._worker = None
+        self._signals.close()
         await self._transport.aclose()
         self._profile.close()
 
@@ -303,6 +311,14 @@ class Client:
             self._devices.forget(username)
             self._emit(DevicesChanged(username))
 
+    async def _on_presence(self, data: Any = None) -> None:
+        if isinstance(data, dict) and isinstance(data.get("username"), str):
+            self._emit(
+                PresenceChanged(
+                    data["username"], bool(data.get("online")), data.get("last_seen_at")
+                )
+            )
+
     async def _on_device_removed(self, data: Any = None) -> None:
         log.warning("this device was removed from the account")
         with self._store.transaction():
@@ -329,6 +345,8 @@ class Client:
                     await self._flush_outbox()
                 elif kind == "replenish":
                     await self._replenish_keys()
+                elif kind == "typing":
+                    await self._send_typing(*data)
                 await self._maybe_backup()
             except NotConnected as exc:
                 log.info("worker: %s (will retry on reconnect)", exc)
@@ -356,14 +374,37 @@ class Client:
         try:
             for env in envelopes:
                 outcome = await self._handle_envelope(env)
-                if outcome is not None:
+                if outcome is not None and not env.get("ephemeral"):
                     done.append(int(env["id"]))
                     received += outcome == "received"
         finally:
             if done and self._transport.connected:
                 with contextlib.suppress(NotConnected, ProtocolError):
                     await self._transport.call("ack", {"ids": done})
+            self._queue_delivered_receipts()
         return received
+
+    def _queue_delivered_receipts(self) -> None:
+        """Tell each sender their messages reached this device (one receipt per batch)."""
+        pending, self._delivered = self._delivered, {}
+        for sender, ids in pending.items():
+            for start in range(0, len(ids), 500):
+                self._queue_control(
+                    sender, "peer", {"kind": "delivered", "ids": ids[start : start + 500]}
+                )
+
+    def _queue_control(self, peer: str, scope: str, receipt: dict[str, Any]) -> None:
+        """Queue a receipt through the outbox (durable, retried like a message)."""
+        now = _now()
+        receipt = {**receipt, "conversation": direct_conversation(peer)}
+        with self._store.transaction():
+            self._store.add_outbox(
+                secrets.token_urlsafe(16),
+                direct_conversation(peer),
+                {"to": peer, "type": "receipt", "scope": scope, "receipt": receipt, "sent_at": now},
+                now,
+            )
+        self._queue.put_nowait(("flush", None))
 
     async def _handle_envelope(self, env: dict[str, Any]) -> str | None:
         """Decrypt, verify and store one envelope; returns the outcome, or ``None``
@@ -381,7 +422,8 @@ class Client:
         # is skipped, since its Olm keys are spent, but a server that reuses ids
         # cannot make us drop a new one.
         key = hashlib.sha256(f"{envelope_id}:{body}".encode()).hexdigest()
-        if self._store.is_processed(key):
+        ephemeral = bool(env.get("ephemeral"))
+        if not ephemeral and self._store.is_processed(key):
             return "duplicate"
         try:
             device = await self._devices.verified_device(sender, sender_device)
@@ -397,33 +439,51 @@ class Client:
             return self._reject(
                 key, envelope_id, sender, sender_device, "sender device is not signed by its owner"
             )
+        signals: list[Event] | None = None
         try:
             with self._store.transaction():
                 plaintext = self._machine.decrypt(device.curve25519, msg_type, body)
                 content = self._verify_content(plaintext, device)
-                incoming = content.sender.username != self.username
-                message = Message(
-                    id=content.id,
-                    conversation=direct_conversation(sender if incoming else content.to),
-                    sender=sender,
-                    sender_device=sender_device,
-                    direction="in" if incoming else "out",
-                    body=content.body,
-                    sent_at=content.sent_at,
-                    received_at=_now(),
-                    server_seq=int(env.get("seq", 0)),
-                    state="received" if incoming else "sent",
-                )
-                fresh = self._store.insert_message(message)
-                self._store.mark_processed(key, "received", _now())
+                if content.type != "text" or ephemeral:
+                    # A control message: applied, never shown as a message.
+                    if not ephemeral:
+                        self._store.mark_processed(key, "control", _now())
+                    signals = self._signals.apply(content, sender, sender_device)
+                else:
+                    incoming = content.sender.username != self.username
+                    message = Message(
+                        id=content.id,
+                        conversation=direct_conversation(sender if incoming else content.to),
+                        sender=sender,
+                        sender_device=sender_device,
+                        direction="in" if incoming else "out",
+                        body=content.body,
+                        sent_at=content.sent_at,
+                        received_at=_now(),
+                        server_seq=int(env.get("seq", 0)),
+                        state="received" if incoming else "sent",
+                    )
+                    fresh = self._store.insert_message(message)
+                    self._store.mark_processed(key, "received", _now())
         except (OlmDecryptError, CryptoError, _InvalidContent) as exc:
             self._machine.forget_cached_sessions()
+            if ephemeral:
+                return "control"
             return self._reject(key, envelope_id, sender, sender_device, str(exc))
         except BaseException:
             self._machine.forget_cached_sessions()
             raise
+        if signals is not None:
+            for event in signals:
+                if isinstance(event, TypingChanged):
+                    self._signals.typing_event(event)
+                else:
+                    self._emit(event)
+            return "control"
         if fresh:
             self._backup_dirty = True
+            if incoming:
+                self._delivered.setdefault(sender, []).append(message.id)
             self._emit(MessageReceived(message))
         return "received"
 
@@ -530,6 +590,10 @@ class Client:
                 envelopes = item.envelopes
                 if envelopes is None:
                     envelopes = await self._encrypt_for(item.message_id, item.payload)
+                    if not envelopes:  # e.g. read sync with no other device of ours
+                        with self._store.transaction():
+                            self._store.remove_outbox(item.message_id)
+                        continue
                     with self._store.transaction():
                         self._store.set_outbox_envelopes(item.message_id, envelopes)
                 result = await self._transport.call(
@@ -578,16 +642,31 @@ class Client:
             future.set_result(Message.from_row(row))
 
     async def _encrypt_for(self, message_id: str, payload: dict[str, Any]) -> list[dict[str, Any]]:
-        """One Olm envelope per device of the peer and per other device of ours."""
+        """One Olm envelope per target device.
+
+        ``payload["scope"]``: ``all`` (the default: the peer's devices and our
+        other devices), ``peer`` (only theirs: receipts, typing) or ``own`` (only
+        our other devices: read sync). An empty list means nobody to send to.
+        """
         peer = str(payload["to"])
-        targets = await self._devices.recipient_devices(peer, refresh=True)
-        if peer != self.username:
+        scope = payload.get("scope", "all")
+        targets = []
+        if scope in ("all", "peer"):
+            targets += await self._devices.recipient_devices(peer, refresh=True)
+        if (scope in ("all", "own") and peer != self.username) or scope == "own":
             targets += await self._devices.recipient_devices(self.username, refresh=True)
-        targets = [
-            d for d in targets if (d.username, d.device_id) != (self.username, self.device_id)
-        ]
-        if not any(d.username == peer for d in targets) and peer != self.username:
+        targets = list(
+            {
+                (d.username, d.device_id): d
+                for d in targets
+                if (d.username, d.device_id) != (self.username, self.device_id)
+            }.values()
+        )
+        has_peer = any(d.username == peer for d in targets)
+        if scope != "own" and peer != self.username and not has_peer:
             raise ClientError(f"{peer} has no verified device to send to")
+        if not targets:
+            return []
         await self._devices.ensure_sessions(self._machine, targets)
         sender = DeviceStamp(
             username=self.username, device_id=self.device_id, ed25519=self._machine.ed25519
@@ -596,7 +675,7 @@ class Client:
         with self._store.transaction():
             for device in targets:
                 content = Plaintext(
-                    type="text",
+                    type=payload.get("type", "text"),
                     id=message_id,
                     sender=sender,
                     recipient=DeviceStamp(
@@ -604,7 +683,9 @@ class Client:
                     ),
                     to=peer,
                     sent_at=int(payload["sent_at"]),
-                    body=str(payload["body"]),
+                    body=str(payload.get("body", "")),
+                    receipt=payload.get("receipt"),
+                    typing=payload.get("typing"),
                 )
                 msg_type, body = self._machine.encrypt(
                     device.curve25519, content.model_dump_json().encode()
@@ -675,6 +756,100 @@ class Client:
         await self._devices.trust(username)
         self._backup_dirty = True
         self._queue.put_nowait(("resync", None))
+
+    # -- read state, typing, presence, settings, push -----------------------------------
+
+    def mark_read(self, peer: str) -> int:
+        """Mark the conversation with ``peer`` read, here and on our other devices.
+
+        Sends a read receipt to ``peer`` if read receipts are on. Returns how
+        many messages were newly marked.
+        """
+        conversation = direct_conversation(peer)
+        unread = self._store.unread(conversation)
+        if not unread:
+            return 0
+        with self._store.transaction():
+            ids = self._store.mark_read(conversation, [i for _, i in unread], _now())
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            self._queue_control(peer, "own", {"kind": "read", "ids": chunk})
+            if self._signals.enabled("read_receipts"):
+                self._queue_control(peer, "peer", {"kind": "read", "ids": chunk})
+        self._emit(MessagesRead(conversation, ids))
+        return len(ids)
+
+    def unread_counts(self) -> dict[str, int]:
+        """Unread incoming messages per conversation (agrees across our devices)."""
+        return self._store.unread_counts()
+
+    def receipts(self, message_id: str) -> list[tuple[str, str, str, int]]:
+        """``(username, device_id, kind, at)`` receipts for one of our messages."""
+        return self._store.receipts(message_id)
+
+    def set_typing(self, peer: str, typing: bool) -> None:
+        """Say we started or stopped typing to ``peer`` (throttled, end-to-end encrypted)."""
+        if self._signals.should_send_typing(peer, typing):
+            self._queue.put_nowait(("typing", (peer, typing)))
+
+    async def _send_typing(self, peer: str, typing: bool) -> None:
+        payload = {
+            "to": peer,
+            "type": "typing",
+            "scope": "peer",
+            "typing": typing,
+            "sent_at": _now(),
+        }
+        message_id = secrets.token_urlsafe(16)
+        try:
+            envelopes = await self._encrypt_for(message_id, payload)
+            if envelopes:
+                await self._transport.call(
+                    "send",
+                    {"client_message_id": message_id, "envelopes": envelopes, "ephemeral": True},
+                )
+        except (ProtocolError, ClientError) as exc:
+            log.info("typing indicator not sent: %s", exc)
+
+    async def presence(self, username: str) -> PresenceChanged | None:
+        """``username``'s online state and last seen, or ``None`` if hidden (by them
+        or because we hide ours). Raises ``ProtocolError`` (``not_in_conversation``)."""
+        info = await self._transport.call("presence", {"username": username})
+        if not info["visible"]:
+            return None
+        return PresenceChanged(username, bool(info["online"]), info.get("last_seen_at"))
+
+    async def settings(self) -> dict[str, bool]:
+        server = await self._transport.call("settings", {})
+        return {
+            "presence": bool(server["share_presence"]),
+            "typing": self._signals.enabled("typing"),
+            "read_receipts": self._signals.enabled("read_receipts"),
+        }
+
+    async def update_settings(
+        self,
+        *,
+        presence: bool | None = None,
+        typing: bool | None = None,
+        read_receipts: bool | None = None,
+    ) -> dict[str, bool]:
+        """Change what we share; each is reciprocal (off: we see nobody's either)."""
+        if presence is not None:
+            await self._transport.call("settings", {"share_presence": presence})
+        if typing is not None:
+            self._signals.set_enabled("typing", typing)
+        if read_receipts is not None:
+            self._signals.set_enabled("read_receipts", read_receipts)
+        return await self.settings()
+
+    async def register_push(self, subscription: dict[str, Any]) -> None:
+        """Register a Web Push subscription (``{endpoint, keys: {p256dh, auth}}``)."""
+        await self._transport.call("push_subscribe", subscription)
+
+    async def push_public_key(self) -> str:
+        """The server's VAPID public key (the browser's ``applicationServerKey``)."""
+        return str((await self._transport.call("push_key", {}))["public_key"])
 
     # -- verification -----------------------------------------------------------
 

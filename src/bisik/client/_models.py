@@ -95,6 +95,42 @@ class IdentityChanged:
 
 
 @dataclass(frozen=True)
+class ReceiptUpdated:
+    """A recipient's device got (``delivered``) or the recipient read (``read``)
+    some of our messages."""
+
+    username: str
+    device_id: str
+    kind: Literal["delivered", "read"]
+    message_ids: list[str]
+
+
+@dataclass(frozen=True)
+class MessagesRead:
+    """Messages were read on this or another of our devices (unread counts follow)."""
+
+    conversation: str
+    message_ids: list[str]
+
+
+@dataclass(frozen=True)
+class TypingChanged:
+    """A contact started or stopped typing (a start expires by itself)."""
+
+    username: str
+    typing: bool
+
+
+@dataclass(frozen=True)
+class PresenceChanged:
+    """A conversation partner came online or went offline."""
+
+    username: str
+    online: bool
+    last_seen_at: int | None
+
+
+@dataclass(frozen=True)
 class DevicesChanged:
     """A contact (or this account) added, renamed or removed a device."""
 
@@ -133,6 +169,10 @@ Event = (
     | IdentityChanged
     | DevicesChanged
     | DeviceRemoved
+    | ReceiptUpdated
+    | MessagesRead
+    | TypingChanged
+    | PresenceChanged
     | Synced
 )
 
@@ -142,6 +182,15 @@ class DeviceStamp(BaseModel):
     username: str
     device_id: str
     ed25519: str
+
+
+class ReceiptContent(BaseModel):
+    """Delivered/read receipts, or (between one's own devices) read sync."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+    kind: Literal["delivered", "read"]
+    ids: list[str] = Field(min_length=1, max_length=500)
+    conversation: str
 
 
 class Plaintext(BaseModel):
@@ -155,10 +204,12 @@ class Plaintext(BaseModel):
 
     model_config = ConfigDict(extra="ignore", strict=True)
     v: Literal[1] = 1
-    type: Literal["text"]
+    type: Literal["text", "receipt", "typing"]
     id: str = Field(min_length=8, max_length=64)
     sender: DeviceStamp
     recipient: DeviceStamp
     to: str
     sent_at: int
-    body: str = Field(max_length=64 * 1024)
+    body: str = Field(default="", max_length=64 * 1024)
+    receipt: ReceiptContent | None = None
+    typing: bool | None = None

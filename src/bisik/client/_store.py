@@ -20,7 +20,7 @@ import sqlcipher3
 from bisik.client._errors import ProfileError
 from bisik.client._models import Message
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -61,6 +61,7 @@ CREATE TABLE IF NOT EXISTS messages (
     received_at INTEGER NOT NULL,
     server_seq INTEGER,
     state TEXT NOT NULL,
+    read_at INTEGER,
     UNIQUE (sender, id)
 );
 CREATE INDEX IF NOT EXISTS messages_conversation ON messages (conversation, rowid);
@@ -70,6 +71,14 @@ CREATE TABLE IF NOT EXISTS outbox (
     payload TEXT NOT NULL,
     envelopes TEXT,
     created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS receipts (
+    message_id TEXT NOT NULL,
+    username TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (message_id, username, device_id, kind)
 );
 CREATE TABLE IF NOT EXISTS processed_envelopes (
     envelope_key TEXT PRIMARY KEY,
@@ -130,6 +139,8 @@ class LocalStore:
         with self.transaction():
             if version < 2:
                 self._exec("ALTER TABLE identities ADD COLUMN verified INTEGER NOT NULL DEFAULT 0")
+            if version < 3:
+                self._exec("ALTER TABLE messages ADD COLUMN read_at INTEGER")
             self.set_meta("schema_version", str(SCHEMA_VERSION))
 
     def close(self) -> None:
@@ -339,6 +350,72 @@ class LocalStore:
             "ON m.rowid = g.last ORDER BY m.rowid DESC"
         ).fetchall()
         return [(str(r[0]), int(r[1]), str(r[2])) for r in rows]
+
+    # -- receipts and read state ---------------------------------------------------
+
+    def add_receipt(
+        self, message_ids: list[str], username: str, device_id: str, kind: str, now: int
+    ) -> list[str]:
+        """Record receipts for our own messages; returns the ids that were ours."""
+        ours = []
+        for message_id in message_ids:
+            row = self._exec(
+                "SELECT state FROM messages WHERE sender = (SELECT value FROM meta WHERE "
+                "key = 'username') AND id = ? AND direction = 'out'",
+                (message_id,),
+            ).fetchone()
+            if row is None:
+                continue
+            ours.append(message_id)
+            self._exec(
+                "INSERT OR IGNORE INTO receipts VALUES (?, ?, ?, ?, ?)",
+                (message_id, username, device_id, kind, now),
+            )
+            # States only move forward: sent -> delivered -> read.
+            order = {"pending": 0, "sent": 1, "delivered": 2, "read": 3}
+            if order.get(kind, 0) > order.get(str(row[0]), 0):
+                self._exec(
+                    "UPDATE messages SET state = ? WHERE id = ? AND direction = 'out'",
+                    (kind, message_id),
+                )
+        return ours
+
+    def receipts(self, message_id: str) -> list[tuple[str, str, str, int]]:
+        """``(username, device_id, kind, at)`` for one of our messages."""
+        rows = self._exec(
+            "SELECT username, device_id, kind, at FROM receipts WHERE message_id = ? ORDER BY at",
+            (message_id,),
+        ).fetchall()
+        return [(str(r[0]), str(r[1]), str(r[2]), int(r[3])) for r in rows]
+
+    def unread(self, conversation: str) -> list[tuple[str, str]]:
+        """``(sender, id)`` of incoming messages not yet read in a conversation."""
+        rows = self._exec(
+            "SELECT sender, id FROM messages WHERE conversation = ? AND direction = 'in' "
+            "AND read_at IS NULL ORDER BY rowid",
+            (conversation,),
+        ).fetchall()
+        return [(str(r[0]), str(r[1])) for r in rows]
+
+    def mark_read(self, conversation: str, ids: list[str], now: int) -> list[str]:
+        """Mark incoming messages read; returns those that were unread."""
+        marked = []
+        for message_id in ids:
+            cur = self._exec(
+                "UPDATE messages SET read_at = ? WHERE conversation = ? AND id = ? "
+                "AND direction = 'in' AND read_at IS NULL",
+                (now, conversation, message_id),
+            )
+            if cur.rowcount:
+                marked.append(message_id)
+        return marked
+
+    def unread_counts(self) -> dict[str, int]:
+        rows = self._exec(
+            "SELECT conversation, count(*) FROM messages WHERE direction = 'in' "
+            "AND read_at IS NULL GROUP BY conversation"
+        ).fetchall()
+        return {str(r[0]): int(r[1]) for r in rows}
 
     # -- outbox ---------------------------------------------------------------
 
