@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives import serialization
-from py_vapid import Vapid01
+from py_vapid import Vapid02
 from pywebpush import WebPushException, webpush_async
 
 from bisik.proto import Done, ErrorCode, ProtocolError, PushSubscription, VapidKey
@@ -41,15 +41,15 @@ class PushHandler:
     def __init__(self, config: ServerConfig, store: PushStore) -> None:
         self._config = config
         self._store = store
-        self._vapid: Vapid01 | None = None
+        self._vapid: Vapid02 | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def _key(self) -> Vapid01:
+    async def _key(self) -> Vapid02:
         if self._vapid is None:
-            fresh = Vapid01()
+            fresh = Vapid02()
             fresh.generate_keys()
             pem = await self._store.secret("vapid_private_key", fresh.private_pem().decode())
-            self._vapid = Vapid01.from_pem(pem.encode())
+            self._vapid = Vapid02.from_pem(pem.encode())
         return self._vapid
 
     async def public_key(self) -> VapidKey:
