@@ -248,3 +248,30 @@ def test_link_devices_verify_and_recover_through_the_cli(
     )
     assert restored.returncode == 0, restored.stderr
     assert lines(restored)[-1]["event"] == "recovered"
+
+
+def test_settings_receipts_and_read_state_through_the_cli(
+    server_process: str, tmp_path: Path
+) -> None:
+    env = {**os.environ, "BISIK_PASSWORD": "pw"}
+    alice = ["--home", str(tmp_path / "alice"), "--json"]
+    bob = ["--home", str(tmp_path / "bob"), "--json"]
+    for who, name in ((alice, "alice"), (bob, "bob")):
+        created = run(
+            *who, "account", "create", "--server", server_process, "--username", name, env=env
+        )
+        assert created.returncode == 0, created.stderr
+    assert lines(run(*bob, "settings", env=env))[0] == {
+        "presence": True,
+        "typing": True,
+        "read_receipts": True,
+    }
+    off = lines(run(*bob, "settings", "--typing", "off", env=env))[0]
+    assert off["typing"] is False and off["presence"] is True
+
+    assert run(*alice, "send", "bob", "are you there?", env=env).returncode == 0
+    assert run(*bob, "receive", env=env).returncode == 0  # bob's device sends "delivered"
+    assert run(*bob, "history", "alice", env=env).returncode == 0  # shown = read
+    events = lines(run(*alice, "receive", "--wait", "1", env=env))
+    assert lines(run(*alice, "history", "bob", env=env))[-1]["state"] == "read"
+    assert all(e.get("event") != "message" for e in events)

@@ -6,6 +6,7 @@ import asyncio
 import sys
 import threading
 
+from bisik.cli._commands import show_signal
 from bisik.cli._output import Output
 from bisik.client import (
     Client,
@@ -16,7 +17,10 @@ from bisik.client import (
     MessageReceived,
     MessageSent,
     NotConnected,
+    PresenceChanged,
     ProtocolError,
+    ReceiptUpdated,
+    TypingChanged,
 )
 
 HELP = "Type a message and press Enter to send. /quit (or Ctrl-D) leaves."
@@ -48,6 +52,13 @@ async def run_chat(client: Client, peer: str, out: Output, *, expect_replies: bo
     for message in client.history(peer, limit=20):
         out.message(message)
     client.unread()
+    client.mark_read(peer)
+    try:
+        seen = await client.presence(peer)
+    except (ClientError, ProtocolError):
+        seen = None  # offline, or no conversation yet
+    if seen is not None:
+        show_signal(out, seen)
     lines = _stdin_lines(asyncio.get_running_loop())
     sent = 0
     replies = 0
@@ -99,6 +110,10 @@ async def run_chat(client: Client, peer: str, out: Output, *, expect_replies: bo
                         out.message(event.message)
                         replies += event.message.direction == "in"
                         client.unread()
+                        client.mark_read(peer)  # shown, so read
+                elif isinstance(event, ReceiptUpdated | TypingChanged | PresenceChanged):
+                    if event.username == peer:
+                        show_signal(out, event)
                 elif isinstance(event, MessageSent):
                     if event.message.id in pending:
                         pending.discard(event.message.id)

@@ -9,7 +9,16 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from bisik.cli._output import Output
-from bisik.client import Client, ClientError, MessageReceived, NotConnected, ProtocolError
+from bisik.client import (
+    Client,
+    ClientError,
+    MessageReceived,
+    NotConnected,
+    PresenceChanged,
+    ProtocolError,
+    ReceiptUpdated,
+    TypingChanged,
+)
 
 PasswordReader = Callable[..., str]
 
@@ -62,6 +71,29 @@ async def dispatch(
         if args.command == "history":
             for message in client.history(args.user, limit=args.limit):
                 out.message(message)
+            # What was shown is read: tell our other devices (and the sender, if
+            # read receipts are on) when the server can be reached.
+            if client.mark_read(args.user):
+                await connect(client, out, required=False)
+            return 0
+        if args.command == "settings":
+            await connect(client, out, required=True)
+            changes = {
+                name: value == "on"
+                for name, value in (
+                    ("presence", args.presence),
+                    ("typing", args.typing),
+                    ("read_receipts", args.read_receipts),
+                )
+                if value is not None
+            }
+            current = await client.update_settings(**changes)
+            out.emit(
+                current,
+                "\n".join(
+                    f"{k.replace('_', ' ')}: {'on' if v else 'off'}" for k, v in current.items()
+                ),
+            )
             return 0
         if args.command == "conversations":
             for conversation, last in client.conversations():
@@ -169,7 +201,41 @@ async def receive(client: Client, args: argparse.Namespace, out: Output) -> int:
             if isinstance(event, MessageReceived):
                 for message in client.unread():
                     out.message(message)
+            else:
+                show_signal(out, event)
     return 0
+
+
+def show_signal(out: Output, event: object) -> None:
+    """Receipts, typing and presence, as one line (or JSON object) each."""
+    if isinstance(event, ReceiptUpdated):
+        out.emit(
+            {
+                "event": "receipt",
+                "kind": event.kind,
+                "user": event.username,
+                "device_id": event.device_id,
+                "ids": event.message_ids,
+            },
+            f"({event.username} {'read' if event.kind == 'read' else 'received'} "
+            f"{len(event.message_ids)} message(s))",
+        )
+    elif isinstance(event, TypingChanged):
+        out.emit(
+            {"event": "typing", "user": event.username, "typing": event.typing},
+            f"({event.username} is typing...)" if event.typing else f"({event.username} stopped)",
+        )
+    elif isinstance(event, PresenceChanged):
+        state = "online" if event.online else "offline"
+        out.emit(
+            {
+                "event": "presence",
+                "user": event.username,
+                "online": event.online,
+                "last_seen_at": event.last_seen_at,
+            },
+            f"({event.username} is {state})",
+        )
 
 
 __all__ = ["ProtocolError", "dispatch"]

@@ -104,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("conversations", help="list conversations")
 
+    settings = sub.add_parser("settings", help="view or set presence, typing, read receipts")
+    for flag in ("--presence", "--typing", "--read-receipts"):
+        settings.add_argument(flag, choices=["on", "off"], help="each is reciprocal")
+
     link = sub.add_parser("link", help="link a new device to your account")
     link_sub = _Subparsers(
         link.add_subparsers(dest="link_command", required=True, metavar="ACTION"), common
