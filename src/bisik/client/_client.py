@@ -16,18 +16,17 @@ import secrets
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import pydantic
 
 from bisik.client import _profile
+from bisik.client._account import AccountMixin
 from bisik.client._devices import DeviceDirectory
 from bisik.client._errors import ClientError, IdentityKeyChanged, NotConnected, ProfileError
-from bisik.client._linking import Confirm, LinkRequest, approve_link, exporter
+from bisik.client._linking import LinkRequest
 from bisik.client._models import (
     ConnectionChanged,
     DecryptionFailed,
-    DeviceInfo,
     DeviceRemoved,
     DevicesChanged,
     DeviceStamp,
@@ -45,7 +44,7 @@ from bisik.client._models import (
     direct_conversation,
 )
 from bisik.client._profile import OpenProfile
-from bisik.client._recovery import build_backup, recover
+from bisik.client._recovery import recover
 from bisik.client._setup import ONE_TIME_KEY_TARGET, new_device
 from bisik.client._signals import Signals
 from bisik.client._store import StoredDevice
@@ -58,16 +57,11 @@ from bisik.crypto import (
     OlmMachine,
     RecoveryKey,
     b64decode,
-    decrypt_device_name,
-    encrypt_device_name,
-    safety_number,
 )
 from bisik.proto import ErrorCode, ProtocolError, validate_username
 
 log = logging.getLogger("bisik.client")
 
-# The backup follows changes at most this often (and on close).
-BACKUP_INTERVAL_S = 60.0
 # Long enough for any chat message, small enough that one send to many devices
 # stays far below the server's frame limit (longer text belongs in an attachment).
 MAX_TEXT_BYTES = 16 * 1024
@@ -77,7 +71,7 @@ def _now() -> int:
     return int(time.time() * 1000)
 
 
-class Client:
+class Client(AccountMixin):
     """One device of one account. Open it with ``create_account`` or ``open``.
 
     Use as an async context manager, or call ``close``.
@@ -247,10 +241,6 @@ class Client:
         self._signals.close()
         await self._transport.aclose()
         self._profile.close()
-
-    @property
-    def identity_key(self) -> str:
-        return self._identity.public_key
 
     @property
     def connected(self) -> bool:
@@ -850,109 +840,6 @@ class Client:
     async def push_public_key(self) -> str:
         """The server's VAPID public key (the browser's ``applicationServerKey``)."""
         return str((await self._transport.call("push_key", {}))["public_key"])
-
-    # -- verification -----------------------------------------------------------
-
-    def safety_number(self, username: str) -> str:
-        """The number to compare with ``username`` (in person or on a call).
-
-        If their identity key changed, it is the number for the *new* key.
-        """
-        their_key = self._devices.pending_identity(username)
-        if their_key is None:
-            raise ClientError(f"no identity key known for {username}; message them first")
-        return safety_number(self.username, self.identity_key, username, their_key)
-
-    def is_verified(self, username: str) -> bool:
-        return self._store.is_verified(username)
-
-    async def mark_verified(self, username: str) -> None:
-        """Mark ``username`` verified (accepting their current or changed key)."""
-        if self._devices.pending_identity(username) is None:
-            raise ClientError(f"no identity key known for {username}; message them first")
-        await self._devices.trust(username, verified=True)
-        self._backup_dirty = True
-        self._queue.put_nowait(("resync", None))
-
-    # -- this account's devices -----------------------------------------------------
-
-    async def list_devices(self) -> list[DeviceInfo]:
-        """Every device of this account, with its (decrypted) name."""
-        data = await self._transport.request("GET", "/v1/devices")
-        devices = []
-        for raw in data["devices"]:
-            try:
-                name = decrypt_device_name(self._identity, raw["name"]) if raw["name"] else ""
-            except CryptoError:
-                name = "(unreadable name)"
-            devices.append(
-                DeviceInfo(
-                    device_id=raw["device_id"],
-                    name=name,
-                    created_at=int(raw["created_at"]),
-                    last_seen_at=raw["last_seen_at"],
-                    current=raw["device_id"] == self.device_id,
-                )
-            )
-        return devices
-
-    async def rename_device(self, device_id: str, name: str) -> None:
-        blob = encrypt_device_name(self._identity, name)
-        await self._transport.request(
-            "PUT", f"/v1/devices/{quote(device_id, safe='')}/name", {"name": blob}
-        )
-
-    async def remove_device(self, device_id: str) -> None:
-        """Revoke a device of this account: it is signed out and gets nothing more."""
-        await self._transport.request("DELETE", f"/v1/devices/{quote(device_id, safe='')}")
-        self._devices.forget(self.username)
-
-    async def approve_link(
-        self,
-        code: str,
-        *,
-        confirm: Confirm,
-        history_days: int = 30,
-        timeout: float = 300.0,
-    ) -> str:
-        """Link a new device that shows ``code`` to this account.
-
-        Args:
-            confirm: shown the verification code; return ``True`` if the new
-                device shows the same one.
-            history_days: days of history to hand over (0 for none).
-
-        Returns:
-            The new device's id.
-        """
-        new_id = await approve_link(
-            transport=self._transport,
-            username=self.username,
-            identity=self._identity,
-            export=exporter(self._store),
-            code_text=code,
-            confirm=confirm,
-            history_days=history_days,
-            timeout=timeout,
-        )
-        self._devices.forget(self.username)
-        return new_id
-
-    # -- backup -------------------------------------------------------------------
-
-    async def backup_now(self) -> bool:
-        """Upload the encrypted account backup; ``False`` if there is no recovery key."""
-        body = build_backup(self._store, self.username)
-        if body is None:
-            return False
-        await self._transport.request("PUT", "/v1/backup", body)
-        self._backup_dirty = False
-        self._backup_at = time.monotonic()
-        return True
-
-    async def _maybe_backup(self) -> None:
-        if self._backup_dirty and time.monotonic() - self._backup_at > BACKUP_INTERVAL_S:
-            await self.backup_now()
 
 
 class _InvalidContent(ClientError):
