@@ -62,8 +62,9 @@ async def test_canary_no_plaintext_on_server_or_in_client_files(
 
     needles = [c.encode() for c in CANARIES] + [PASSWORD.encode()]
     tables = await server_rows(server)
-    # The queued ciphertext for bob is there: the search below looks where it is.
-    assert len(tables["envelopes"]) == 1
+    # The queued ciphertext for bob is there (with any receipts still queued for
+    # him): the search below looks where it is.
+    assert len(tables["envelopes"]) >= 1
     rows = "\n".join(r for table in tables.values() for r in table)
     for canary in CANARIES:
         assert canary not in rows
