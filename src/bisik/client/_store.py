@@ -313,8 +313,8 @@ class LocalStore:
 
     def mark_sent(self, sender: str, message_id: str, server_seq: int, ts: int) -> None:
         self._exec(
-            "UPDATE messages SET state = 'sent', server_seq = ?, received_at = ? "
-            "WHERE sender = ? AND id = ?",
+            "UPDATE messages SET server_seq = ?, received_at = ?, state = CASE WHEN state IN "
+            "('pending', 'failed') THEN 'sent' ELSE state END WHERE sender = ? AND id = ?",
             (server_seq, ts, sender, message_id),
         )
 
@@ -361,19 +361,19 @@ class LocalStore:
         for message_id in message_ids:
             row = self._exec(
                 "SELECT state FROM messages WHERE sender = (SELECT value FROM meta WHERE "
-                "key = 'username') AND id = ? AND direction = 'out'",
-                (message_id,),
+                "key = 'username') AND id = ? AND direction = 'out' AND conversation = ?",
+                (message_id, f"@{username}"),
             ).fetchone()
             if row is None:
-                continue
+                continue  # not one of our messages to this user
             ours.append(message_id)
             self._exec(
                 "INSERT OR IGNORE INTO receipts VALUES (?, ?, ?, ?, ?)",
                 (message_id, username, device_id, kind, now),
             )
             # States only move forward: sent -> delivered -> read.
-            order = {"pending": 0, "sent": 1, "delivered": 2, "read": 3}
-            if order.get(kind, 0) > order.get(str(row[0]), 0):
+            order = {"sent": 1, "delivered": 2, "read": 3}
+            if str(row[0]) in order and order.get(kind, 0) > order[str(row[0])]:
                 self._exec(
                     "UPDATE messages SET state = ? WHERE id = ? AND direction = 'out'",
                     (kind, message_id),
@@ -409,6 +409,11 @@ class LocalStore:
             if cur.rowcount:
                 marked.append(message_id)
         return marked
+
+    def mark_all_read(self, now: int) -> None:
+        self._exec(
+            "UPDATE messages SET read_at = ? WHERE direction = 'in' AND read_at IS NULL", (now,)
+        )
 
     def unread_counts(self) -> dict[str, int]:
         rows = self._exec(

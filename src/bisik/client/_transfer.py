@@ -87,4 +87,6 @@ def import_account(store: LocalStore, data: dict[str, Any]) -> int:
             state=str(raw["state"]),
         )
         imported += store.insert_message(message)
+    # History a device was handed is not news to the user: it starts out read.
+    store.mark_all_read(int(time.time() * 1000))
     return imported

@@ -21,7 +21,7 @@ from bisik.server.handlers.backups import BackupsHandler
 from bisik.server.stores import AccountStore, DeviceRow
 from bisik.server.stores.accounts import DeviceKeyTaken, UnknownUser
 
-GRANT_TTL_MS = 10 * 60 * 1000
+GRANT_TTL_MS = 30 * 60 * 1000
 
 
 def _hash(grant: str) -> bytes:
@@ -41,13 +41,15 @@ class DevicesHandler:
         grant = secrets.token_urlsafe(32)
         now = now_ms()
         expires = now + GRANT_TTL_MS
-        await self._accounts.add_grant(device.username, _hash(grant), now, expires)
+        await self._accounts.add_grant(device, _hash(grant), now, expires)
         return DeviceGrant(grant=grant, expires_at=expires)
 
     async def _authorise(self, req: AddDeviceRequest) -> None:
         # The identity signature proves the key; the permission proves a live
         # device (or the recovery key) wants it: a revoked device holding an old
-        # copy of the identity key cannot add devices.
+        # copy of the identity key cannot add devices with a grant (the recovery
+        # key, which every device of the account also holds, is the owner's
+        # last resort and stays valid until it is rotated).
         username = req.device.username
         if req.grant is not None:
             if await self._accounts.consume_grant(username, _hash(req.grant), now_ms()):
@@ -67,10 +69,11 @@ class DevicesHandler:
         identity key (an existing device, or the recovery backup) can make one.
         """
         verify_device_keys(req.device)
-        await self._authorise(req)
         one_time, fallback = verify_signed_keys(
             req.device.ed25519, req.one_time_keys, req.fallback_key
         )
+        # Spent last, once everything else checks out.
+        await self._authorise(req)
         device = DeviceRow(
             0,
             req.device.username,

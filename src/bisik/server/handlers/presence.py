@@ -90,5 +90,12 @@ class PresenceHandler:
         me = await self.user_pk(device.username)
         assert me is not None
         if req.share_presence is not None:
+            before = await self._store.share_presence(me)
             await self._store.set_share_presence(me, req.share_presence)
+            if before and not req.share_presence:
+                hidden = PresenceInfo(username=device.username, visible=False)
+                for partner in await self._store.partners(me):
+                    await self._notifier.presence(partner, hidden)
+            elif req.share_presence and not before:
+                await self._announce(device.username)
         return Settings(share_presence=await self._store.share_presence(me))

@@ -17,6 +17,7 @@ from bisik.server.stores.schema import (
     fallback_keys,
     invites,
     one_time_keys,
+    push_subscriptions,
     users,
 )
 
@@ -348,29 +349,40 @@ class AccountStore:
                 (one_time_keys, one_time_keys.c.device_pk),
                 (fallback_keys, fallback_keys.c.device_pk),
                 (envelopes, envelopes.c.recipient_device_pk),
+                (push_subscriptions, push_subscriptions.c.device_pk),
+                (device_grants, device_grants.c.device_pk),
             ):
                 await conn.execute(delete(table).where(column == device_pk))
             return int(device_pk)
 
-    async def add_grant(self, username: str, grant_hash: bytes, now: int, expires_at: int) -> None:
+    async def add_grant(
+        self, issuer: DeviceRow, grant_hash: bytes, now: int, expires_at: int
+    ) -> None:
         async with self._engine.begin() as conn:
             await conn.execute(delete(device_grants).where(device_grants.c.expires_at < now))
-            user_pk = select(users.c.id).where(users.c.username == username).scalar_subquery()
+            user_pk = (
+                select(users.c.id).where(users.c.username == issuer.username).scalar_subquery()
+            )
             await conn.execute(
                 insert(device_grants).values(
-                    grant_hash=grant_hash, user_id=user_pk, expires_at=expires_at
+                    grant_hash=grant_hash,
+                    user_id=user_pk,
+                    device_pk=issuer.pk,
+                    expires_at=expires_at,
                 )
             )
 
     async def consume_grant(self, username: str, grant_hash: bytes, now: int) -> bool:
-        """True once for an unexpired grant issued to a device of ``username``."""
+        """True once for an unexpired grant issued by a live device of ``username``."""
         async with self._engine.begin() as conn:
             user_pk = select(users.c.id).where(users.c.username == username).scalar_subquery()
+            live = select(devices.c.id).where(devices.c.revoked_at.is_(None))
             result = await conn.execute(
                 delete(device_grants).where(
                     device_grants.c.grant_hash == grant_hash,
                     device_grants.c.user_id == user_pk,
                     device_grants.c.expires_at >= now,
+                    device_grants.c.device_pk.in_(live),
                 )
             )
             return bool(result.rowcount)

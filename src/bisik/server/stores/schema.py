@@ -203,5 +203,7 @@ device_grants = Table(
     metadata,
     Column("grant_hash", LargeBinary(32), primary_key=True),
     Column("user_id", Id, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    # The issuing device: a grant dies with it (revocation).
+    Column("device_pk", Id, ForeignKey("devices.id", ondelete="CASCADE"), nullable=False),
     Column("expires_at", BigInteger, nullable=False),
 )

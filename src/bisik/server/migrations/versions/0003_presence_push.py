@@ -49,6 +49,7 @@ def upgrade() -> None:
         # One-time permissions to add a device, issued to a signed-in device.
         sa.Column("grant_hash", sa.LargeBinary(32), primary_key=True),
         sa.Column("user_id", Id, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+        sa.Column("device_pk", Id, sa.ForeignKey("devices.id", ondelete="CASCADE"), nullable=False),
         sa.Column("expires_at", sa.BigInteger, nullable=False),
     )
     op.create_table(
