@@ -28,6 +28,14 @@ def add_parser(sub: Any) -> None:
     )
     server.add_argument("--invite-only", action="store_true", help="registration needs an invite")
     server.add_argument("--redis-url", default=None, help="Redis for fan-out across processes")
+    server.add_argument(
+        "--push-contact",
+        default="mailto:admin@localhost",
+        help="VAPID contact sent to Web Push services (mailto: or https: URL)",
+    )
+    server.add_argument(
+        "--push-interval", type=int, default=30, help="seconds between pushes to one device"
+    )
 
 
 def config_from(args: argparse.Namespace) -> ServerConfig:
@@ -39,6 +47,8 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         database_url=url,
         invite_only=args.invite_only,
         redis_url=args.redis_url,
+        push_contact=args.push_contact,
+        push_interval_s=max(1, args.push_interval),
     )
 
 
