@@ -68,6 +68,20 @@ def verify_signed_keys(
     return rows, fb
 
 
+def device_row(keys: DeviceKeys) -> DeviceRow:
+    """A device to store, from its (already verified) signed keys."""
+    return DeviceRow(
+        0,
+        keys.username,
+        keys.identity_key,
+        keys.device_id,
+        keys.curve25519,
+        keys.ed25519,
+        keys.signatures.identity,
+        keys.signatures.device,
+    )
+
+
 def device_keys(row: DeviceRow) -> DeviceKeys:
     return DeviceKeys.model_validate(
         {
@@ -103,16 +117,7 @@ class AccountsHandler:
             if not req.invite:
                 raise ProtocolError(ErrorCode.INVITE_REQUIRED, "this server needs an invite code")
             invite_hash = _invite_hash(req.invite)
-        device = DeviceRow(
-            0,
-            username,
-            req.device.identity_key,
-            req.device.device_id,
-            req.device.curve25519,
-            req.device.ed25519,
-            req.device.signatures.identity,
-            req.device.signatures.device,
-        )
+        device = device_row(req.device)
         try:
             await self._accounts.create_account(
                 username=username,

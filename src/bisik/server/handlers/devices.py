@@ -16,7 +16,7 @@ from bisik.proto import (
 )
 from bisik.server._clock import now_ms
 from bisik.server.handlers._notifier import Notifier
-from bisik.server.handlers.accounts import verify_device_keys, verify_signed_keys
+from bisik.server.handlers.accounts import device_row, verify_device_keys, verify_signed_keys
 from bisik.server.handlers.backups import BackupsHandler
 from bisik.server.stores import AccountStore, DeviceRow
 from bisik.server.stores.accounts import DeviceKeyTaken, UnknownUser
@@ -74,16 +74,7 @@ class DevicesHandler:
         )
         # Spent last, once everything else checks out.
         await self._authorise(req)
-        device = DeviceRow(
-            0,
-            req.device.username,
-            req.device.identity_key,
-            req.device.device_id,
-            req.device.curve25519,
-            req.device.ed25519,
-            req.device.signatures.identity,
-            req.device.signatures.device,
-        )
+        device = device_row(req.device)
         try:
             await self._accounts.add_device(
                 device=device, one_time=one_time, fallback=fallback, name=req.name, now=now_ms()

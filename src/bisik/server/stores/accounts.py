@@ -81,6 +81,22 @@ def _device(row: Sequence[Any]) -> DeviceRow:
     return DeviceRow(int(row[0]), row[1], row[2], row[3], row[4], row[5], row[6], row[7])
 
 
+async def insert_one_time_keys(
+    conn: AsyncConnection, device_pk: int, keys: Iterable[SignedKeyRow]
+) -> None:
+    rows = [
+        {
+            "device_pk": device_pk,
+            "key_id": k.key_id,
+            "public_key": k.public_key,
+            "signature": k.signature,
+        }
+        for k in keys
+    ]
+    if rows:
+        await conn.execute(insert(one_time_keys), rows)
+
+
 async def _insert_device(
     conn: AsyncConnection,
     user_pk: int,
@@ -107,21 +123,8 @@ async def _insert_device(
             .returning(devices.c.id)
         )
     ).scalar_one()
-    if one_time:
-        # One key per key id, as KeyStore.upload keeps it (the id is unique per device).
-        unique = {k.key_id: k for k in one_time}
-        await conn.execute(
-            insert(one_time_keys),
-            [
-                {
-                    "device_pk": device_pk,
-                    "key_id": k.key_id,
-                    "public_key": k.public_key,
-                    "signature": k.signature,
-                }
-                for k in unique.values()
-            ],
-        )
+    # One key per key id, as KeyStore.upload keeps it (the id is unique per device).
+    await insert_one_time_keys(conn, int(device_pk), {k.key_id: k for k in one_time}.values())
     if fallback is not None:
         await conn.execute(
             insert(fallback_keys).values(

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from bisik.server.stores.accounts import SignedKeyRow
+from bisik.server.stores.accounts import SignedKeyRow, insert_one_time_keys
 from bisik.server.stores.schema import fallback_keys, one_time_keys
 
 
@@ -49,19 +49,7 @@ class KeyStore:
                     ).scalars()
                 )
                 fresh = {k.key_id: k for k in one_time if k.key_id not in existing}
-                if fresh:
-                    await conn.execute(
-                        insert(one_time_keys),
-                        [
-                            {
-                                "device_pk": device_pk,
-                                "key_id": k.key_id,
-                                "public_key": k.public_key,
-                                "signature": k.signature,
-                            }
-                            for k in fresh.values()
-                        ],
-                    )
+                await insert_one_time_keys(conn, device_pk, fresh.values())
             if fallback is not None:
                 await conn.execute(
                     delete(fallback_keys).where(fallback_keys.c.device_pk == device_pk)
