@@ -85,6 +85,17 @@ def proc_cpu_seconds(pid: int | None = None) -> float:
     return (utime + stime) / CLK_TCK
 
 
+def proc_memory_mib(pid: int | None = None) -> tuple[float, float]:
+    """Resident set size now and its peak (VmRSS, VmHWM) of a process, in MiB."""
+    target = "self" if pid is None else str(pid)
+    values = {"VmRSS": float("nan"), "VmHWM": float("nan")}
+    for line in Path(f"/proc/{target}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in values:
+            values[key] = int(rest.split()[0]) / 1024  # the kernel reports kB
+    return values["VmRSS"], values["VmHWM"]
+
+
 def summary_line(name: str, value: str) -> None:
     """A machine-readable line that ``run_all.py`` collects into its table."""
     print(f"SUMMARY\t{name}\t{value}")

@@ -85,5 +85,7 @@ def run(args: argparse.Namespace) -> int:
         # Access logs would record who fetched whose keys, and when: the server
         # keeps no record it does not need.
         access_log=False,
+        # Longer than any client keeps an idle connection (the SDK: 2 s).
+        timeout_keep_alive=30,
     )
     return 0

@@ -40,7 +40,14 @@ class Transport:
         self._device_id = device_id
         self._signer = signer
         self._token: str | None = None
-        self.http = httpx.AsyncClient(base_url=self.server_url, timeout=http_timeout)
+        # Idle connections are dropped well before a server's keep-alive timeout
+        # (uvicorn's default is 5 s), so a request never races the server closing
+        # the connection it reuses.
+        self.http = httpx.AsyncClient(
+            base_url=self.server_url,
+            timeout=http_timeout,
+            limits=httpx.Limits(keepalive_expiry=2.0),
+        )
         self.sio = socketio.AsyncClient(
             reconnection=True,
             reconnection_delay=0.5,

@@ -51,6 +51,7 @@ class EmbeddedServer:
                 port=self.port,
                 log_level="warning",
                 access_log=False,
+                timeout_keep_alive=30,
                 lifespan="on",
                 timeout_graceful_shutdown=3,
             )
