@@ -17,6 +17,9 @@ class PresenceHandler:
         self._store = store
         self._notifier = notifier
         self._user_pks: dict[str, int] = {}
+        # Pairs known to be recorded: most messages go between known partners, and
+        # the send path should not touch the database for them again.
+        self._pairs: set[tuple[int, int]] = set()
 
     async def user_pk(self, username: str) -> int | None:
         pk = self._user_pks.get(username)
@@ -70,9 +73,11 @@ class PresenceHandler:
         pairs = []
         for other in recipients - {sender}:
             pk = await self.user_pk(other)
-            if pk is not None:
+            if pk is not None and (min(me, pk), max(me, pk)) not in self._pairs:
                 pairs.append((me, pk))
-        await self._store.add_pairs(pairs, now_ms())
+        if pairs:
+            await self._store.add_pairs(pairs, now_ms())
+            self._pairs.update((min(a, b), max(a, b)) for a, b in pairs)
 
     async def query(self, device: DeviceRow, username: str) -> PresenceInfo:
         await self.require_conversation(device, {username})

@@ -55,7 +55,7 @@ class PushStore:
         wanted = list(set(device_pks))
         if not wanted:
             return []
-        async with self._engine.begin() as conn:
+        async with self._engine.connect() as conn:
             rows = (
                 await conn.execute(
                     select(
@@ -74,13 +74,23 @@ class PushStore:
                     )
                 )
             ).all()
-            if rows:
-                await conn.execute(
+        if not rows:
+            return []  # the common case: a read, no write transaction
+        async with self._engine.begin() as conn:
+            # Only the one that moves last_push_at gets to push (several processes).
+            won = []
+            for r in rows:
+                result = await conn.execute(
                     update(push_subscriptions)
-                    .where(push_subscriptions.c.device_pk.in_([r[0] for r in rows]))
+                    .where(
+                        push_subscriptions.c.device_pk == r[0],
+                        push_subscriptions.c.last_push_at <= now - interval_ms,
+                    )
                     .values(last_push_at=now)
                 )
-        return [Subscription(int(r[0]), r[1], r[2], r[3]) for r in rows]
+                if result.rowcount:
+                    won.append(Subscription(int(r[0]), r[1], r[2], r[3]))
+        return won
 
     async def secret(self, name: str, make: str) -> str:
         """A server secret, created from ``make`` the first time (first writer wins)."""
