@@ -6,12 +6,14 @@ import asyncio
 from pathlib import Path
 
 import httpx
+import pytest
 
 from bisik.client import (
     Client,
     DecryptionFailed,
     MessageReceived,
     MessageSent,
+    ProtocolError,
 )
 from tests.conftest import PASSWORD, ClientFactory, RunningServer, next_event
 
@@ -320,3 +322,14 @@ async def test_fallback_key_when_one_time_keys_run_out_then_replaced(
             assert fresh["fallback"] is False
         finally:
             await bob2.close()
+
+
+async def test_a_device_cannot_pile_up_one_time_keys(make_client: ClientFactory) -> None:
+    alice = await make_client("alice")
+    with alice._store.transaction():
+        keys = alice._machine.generate_one_time_keys(160)
+    with pytest.raises(ProtocolError) as err:
+        await alice._transport.call("keys_upload", {"one_time_keys": keys})
+    assert err.value.code == "too_many_keys"
+    counts = await alice._transport.call("keys_count", {})
+    assert counts["one_time_keys"] == 50  # nothing of the refused upload was stored

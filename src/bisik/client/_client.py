@@ -702,7 +702,12 @@ class Client(AccountMixin):
         upload: dict[str, Any] = {"one_time_keys": []}
         with self._store.transaction():
             if missing > 0:
-                upload["one_time_keys"] = self._machine.generate_one_time_keys(missing)
+                # Keys left unpublished by a failed upload go first; never more
+                # than the server is missing (it caps what a device may store).
+                fresh = missing - len(self._machine.unpublished_one_time_keys())
+                if fresh > 0:
+                    self._machine.generate_one_time_keys(fresh)
+                upload["one_time_keys"] = self._machine.unpublished_one_time_keys()[:missing]
             if new_fallback:
                 # vodozemac keeps the previous fallback key too, for messages in flight.
                 upload["fallback_key"] = self._machine.generate_fallback_key()

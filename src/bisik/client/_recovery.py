@@ -22,10 +22,10 @@ from bisik.crypto import (
     IdentityKey,
     KdfParams,
     RecoveryKey,
+    backup_auth_payload,
     decrypt_backup,
     encrypt_backup,
 )
-from bisik.crypto._payloads import backup_auth_payload
 from bisik.proto import MAX_BACKUP_BYTES
 
 BACKUP_HISTORY_DAYS = 365

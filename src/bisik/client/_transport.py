@@ -79,7 +79,10 @@ class Transport:
                 resp = await self.http.request(method, path, json=body, headers=headers)
             except httpx.TransportError as exc:
                 raise NotConnected(f"cannot reach {self.server_url}: {exc!r}") from exc
-            data = resp.json() if resp.content else {}
+            try:
+                data = resp.json() if resp.content else {}
+            except ValueError:
+                data = {"error": {"code": "internal", "message": f"HTTP {resp.status_code}"}}
             if resp.status_code < 400:
                 return dict(data)
             err = ProtocolError.from_body(data)

@@ -22,7 +22,12 @@ from bisik.crypto._link import SAS_EMOJI, LinkChannel, PairingCode, new_device_k
 from bisik.crypto._masterkey import KdfParams, KeyFile, MasterKey, create_master_key
 from bisik.crypto._names import MAX_DEVICE_NAME_CHARS, decrypt_device_name, encrypt_device_name
 from bisik.crypto._olm import OlmMachine, SessionStore
-from bisik.crypto._payloads import auth_payload, device_payload, one_time_key_payload
+from bisik.crypto._payloads import (
+    auth_payload,
+    backup_auth_payload,
+    device_payload,
+    one_time_key_payload,
+)
 from bisik.crypto._recovery import RecoveryKey, decrypt_backup, encrypt_backup
 from bisik.crypto._safety import safety_number
 
@@ -51,6 +56,7 @@ __all__ = [
     "auth_payload",
     "b64decode",
     "b64encode",
+    "backup_auth_payload",
     "canonical_json",
     "create_master_key",
     "decrypt_backup",

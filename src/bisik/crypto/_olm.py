@@ -84,10 +84,6 @@ class OlmMachine:
 
     # -- one-time and fallback keys -----------------------------------------------
 
-    @property
-    def max_one_time_keys(self) -> int:
-        return self._account.max_number_of_one_time_keys
-
     def generate_one_time_keys(self, count: int) -> list[dict[str, str]]:
         """Create ``count`` keys and return them signed, ready to upload.
 

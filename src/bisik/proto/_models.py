@@ -151,10 +151,6 @@ class DeviceList(_Model):
     devices: list[DeviceKeys]
 
 
-class InviteCreated(_Model):
-    code: str
-
-
 class OutgoingEnvelope(_Model):
     """One Olm ciphertext for one recipient device, as the sender submits it."""
 

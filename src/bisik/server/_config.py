@@ -23,7 +23,6 @@ class ServerConfig:
     challenge_ttl_s: int = 120
     low_key_threshold: int = 10
     max_body_bytes: int = 1024 * 1024
-    sync_page: int = 200
     # Web Push: at most one push per device in this many seconds.
     push_interval_s: int = 30
     push_contact: str = "mailto:admin@localhost"

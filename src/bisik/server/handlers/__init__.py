@@ -1,6 +1,6 @@
 """Server logic. Handlers never see an HTTP request or a socket; they raise ProtocolError."""
 
-from bisik.server.handlers._notifier import Notifier, NullNotifier
+from bisik.server.handlers._notifier import Notifier
 from bisik.server.handlers.accounts import AccountsHandler
 from bisik.server.handlers.auth import AuthHandler
 from bisik.server.handlers.keys import KeysHandler
@@ -12,5 +12,4 @@ __all__ = [
     "KeysHandler",
     "MessagesHandler",
     "Notifier",
-    "NullNotifier",
 ]

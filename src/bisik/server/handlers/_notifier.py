@@ -23,20 +23,3 @@ class Notifier(Protocol):
     async def presence(self, username: str, info: PresenceInfo) -> None:
         """Tell ``username``'s own devices about a partner's presence."""
         ...
-
-
-class NullNotifier:
-    async def deliver(self, device_pk: int, envelope: Envelope) -> None:
-        return None
-
-    async def keys_low(self, device_pk: int, count: int) -> None:
-        return None
-
-    async def devices_changed(self, username: str) -> None:
-        return None
-
-    async def device_removed(self, device_pk: int) -> None:
-        return None
-
-    async def presence(self, username: str, info: PresenceInfo) -> None:
-        return None

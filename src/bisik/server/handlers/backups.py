@@ -2,8 +2,7 @@ from __future__ import annotations
 
 import secrets
 
-from bisik.crypto import SignatureError, verify_ed25519
-from bisik.crypto._payloads import backup_auth_payload
+from bisik.crypto import SignatureError, backup_auth_payload, verify_ed25519
 from bisik.proto import (
     BackupBlob,
     BackupChallengeRequest,

@@ -5,7 +5,9 @@ from bisik.proto import (
     ClaimRequest,
     ClaimResponse,
     DeviceRef,
+    ErrorCode,
     KeyCount,
+    ProtocolError,
     SignedKey,
     UploadKeysRequest,
 )
@@ -14,6 +16,9 @@ from bisik.server.handlers._notifier import Notifier
 from bisik.server.handlers.accounts import verify_signed_keys
 from bisik.server.stores import AccountStore, DeviceRow, KeyStore
 from bisik.server.stores.keys import KeyCounts
+
+# Clients keep 50; the cap stops a device from filling the server with keys.
+MAX_STORED_ONE_TIME_KEYS = 200
 
 
 def _key_count(counts: KeyCounts) -> KeyCount:
@@ -37,6 +42,12 @@ class KeysHandler:
 
     async def upload(self, device: DeviceRow, req: UploadKeysRequest) -> KeyCount:
         one_time, fallback = verify_signed_keys(device.ed25519, req.one_time_keys, req.fallback_key)
+        held = await self._keys.counts(device.pk)
+        if held.one_time + len(one_time) > MAX_STORED_ONE_TIME_KEYS:
+            raise ProtocolError(
+                ErrorCode.TOO_MANY_KEYS,
+                f"a device keeps at most {MAX_STORED_ONE_TIME_KEYS} one-time keys on the server",
+            )
         return _key_count(await self._keys.upload(device.pk, one_time, fallback))
 
     async def count(self, device: DeviceRow) -> KeyCount:

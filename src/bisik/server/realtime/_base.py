@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from bisik.server._services import Services
 from bisik.server.stores import DeviceRow
@@ -18,18 +18,6 @@ class Connection:
 
 # An event handler gets the connection and the raw payload and returns the ack body.
 EventHandler = Callable[[Connection, Any], Awaitable[dict[str, Any]]]
-
-
-class Concern(Protocol):
-    """A group of socket events for one area (message, crypto, presence...)."""
-
-    def events(self) -> dict[str, EventHandler]: ...
-
-
-class ConnectionHooks(Protocol):
-    async def on_connected(self, sid: str, device: DeviceRow) -> None: ...
-
-    async def on_disconnected(self, sid: str, device: DeviceRow) -> None: ...
 
 
 class ConcernBase:

@@ -93,10 +93,6 @@ def endpoint(fn: Endpoint) -> Callable[[Request], Awaitable[Response]]:
     return run
 
 
-def as_json(obj: dict[str, Any]) -> Response:
-    return JSONResponse(obj)
-
-
 async def http_exception(request: Request, exc: Exception) -> Response:
     """Starlette's own refusals (no such route, wrong method) in the ``{"error"}`` shape."""
     assert isinstance(exc, HTTPException)

@@ -18,6 +18,7 @@ from bisik.server.stores.schema import (
     invites,
     one_time_keys,
     push_subscriptions,
+    user_pk_of,
     users,
 )
 
@@ -313,7 +314,7 @@ class AccountStore:
 
     async def rename_device(self, username: str, device_id: str, name: str) -> bool:
         async with self._engine.begin() as conn:
-            user_pk = select(users.c.id).where(users.c.username == username).scalar_subquery()
+            user_pk = user_pk_of(username)
             result = await conn.execute(
                 update(devices)
                 .where(
@@ -331,7 +332,7 @@ class AccountStore:
         Returns its primary key, or ``None`` if the user has no such live device.
         """
         async with self._engine.begin() as conn:
-            user_pk = select(users.c.id).where(users.c.username == username).scalar_subquery()
+            user_pk = user_pk_of(username)
             device_pk = (
                 await conn.execute(
                     update(devices)
@@ -363,9 +364,7 @@ class AccountStore:
     ) -> None:
         async with self._engine.begin() as conn:
             await conn.execute(delete(device_grants).where(device_grants.c.expires_at < now))
-            user_pk = (
-                select(users.c.id).where(users.c.username == issuer.username).scalar_subquery()
-            )
+            user_pk = user_pk_of(issuer.username)
             await conn.execute(
                 insert(device_grants).values(
                     grant_hash=grant_hash,
@@ -378,7 +377,7 @@ class AccountStore:
     async def consume_grant(self, username: str, grant_hash: bytes, now: int) -> bool:
         """True once for an unexpired grant issued by a live device of ``username``."""
         async with self._engine.begin() as conn:
-            user_pk = select(users.c.id).where(users.c.username == username).scalar_subquery()
+            user_pk = user_pk_of(username)
             live = select(devices.c.id).where(devices.c.revoked_at.is_(None))
             result = await conn.execute(
                 delete(device_grants).where(

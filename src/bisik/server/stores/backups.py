@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bisik.server.stores.schema import backups, users
+from bisik.server.stores.schema import backups, user_pk_of, users
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class BackupStore:
 
     async def set_challenge(self, username: str, challenge: str, expires_at: int) -> bool:
         async with self._engine.begin() as conn:
-            user_pk = select(users.c.id).where(users.c.username == username).scalar_subquery()
+            user_pk = user_pk_of(username)
             result = await conn.execute(
                 update(backups)
                 .where(backups.c.user_id == user_pk)
@@ -75,7 +75,7 @@ class BackupStore:
     async def consume_challenge(self, username: str, challenge: str, now: int) -> bool:
         """True once for the outstanding, unexpired challenge of that user."""
         async with self._engine.begin() as conn:
-            user_pk = select(users.c.id).where(users.c.username == username).scalar_subquery()
+            user_pk = user_pk_of(username)
             result = await conn.execute(
                 update(backups)
                 .where(

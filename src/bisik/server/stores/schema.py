@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -15,7 +17,9 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    select,
 )
+from sqlalchemy.sql.selectable import ScalarSelect
 
 # Autoincrement primary keys must be INTEGER on SQLite to alias the rowid, and
 # AUTOINCREMENT there so ids of deleted rows are never reused: clients remember
@@ -23,6 +27,12 @@ from sqlalchemy import (
 Id = BigInteger().with_variant(Integer(), "sqlite")
 
 metadata = MetaData()
+
+
+def user_pk_of(username: str) -> ScalarSelect[Any]:
+    """The primary key of a username, as a subquery for a WHERE or VALUES clause."""
+    return select(users.c.id).where(users.c.username == username).scalar_subquery()
+
 
 users = Table(
     "users",
