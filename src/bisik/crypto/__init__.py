@@ -4,8 +4,17 @@ The server may import only the verification helpers (``verify_ed25519`` and
 the ``*_payload`` builders); everything else is for clients.
 """
 
+from bisik.crypto._attachment import (
+    AttachmentDecryptor,
+    AttachmentEncryptor,
+    AttachmentKey,
+    ciphertext_size,
+    decrypt_attachment,
+    encrypt_attachment,
+)
 from bisik.crypto._encoding import b64decode, b64encode, canonical_json
 from bisik.crypto._errors import (
+    AttachmentDecryptError,
     BackupDecryptError,
     CryptoError,
     DeviceNameError,
@@ -34,6 +43,10 @@ from bisik.crypto._safety import safety_number
 __all__ = [
     "MAX_DEVICE_NAME_CHARS",
     "SAS_EMOJI",
+    "AttachmentDecryptError",
+    "AttachmentDecryptor",
+    "AttachmentEncryptor",
+    "AttachmentKey",
     "BackupDecryptError",
     "CryptoError",
     "DeviceNameError",
@@ -58,10 +71,13 @@ __all__ = [
     "b64encode",
     "backup_auth_payload",
     "canonical_json",
+    "ciphertext_size",
     "create_master_key",
+    "decrypt_attachment",
     "decrypt_backup",
     "decrypt_device_name",
     "device_payload",
+    "encrypt_attachment",
     "encrypt_backup",
     "encrypt_device_name",
     "new_device_keypair",

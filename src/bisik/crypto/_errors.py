@@ -67,3 +67,16 @@ class BackupDecryptError(CryptoError):
 
 class DeviceNameError(CryptoError):
     """A device name is too long, or its encrypted blob does not decrypt."""
+
+
+class AttachmentDecryptError(CryptoError):
+    """An attachment's ciphertext is corrupted, tampered with or truncated.
+
+    Attributes:
+        chunk: the index of the chunk that failed to open.
+    """
+
+    def __init__(self, reason: str, *, chunk: int) -> None:
+        super().__init__(f"attachment does not decrypt at chunk {chunk}: {reason}")
+        self.reason = reason
+        self.chunk = chunk
