@@ -24,6 +24,9 @@ class ErrorCode(StrEnum):
     UNKNOWN_EVENT = "unknown_event"
     NOT_FOUND = "not_found"
     NOT_IN_CONVERSATION = "not_in_conversation"
+    NOT_A_MEMBER = "not_a_member"
+    NOT_AN_ADMIN = "not_an_admin"
+    TOO_MANY_MEMBERS = "too_many_members"
     INTERNAL = "internal"
 
 
@@ -46,6 +49,9 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.UNKNOWN_EVENT: 400,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.NOT_IN_CONVERSATION: 403,
+    ErrorCode.NOT_A_MEMBER: 403,
+    ErrorCode.NOT_AN_ADMIN: 403,
+    ErrorCode.TOO_MANY_MEMBERS: 400,
     ErrorCode.INTERNAL: 500,
 }
 

@@ -36,6 +36,9 @@ Token = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{20,128}$")]
 
 MAX_KEYS_PER_UPLOAD = 200
 MAX_ENVELOPES_PER_SEND = 1000
+MAX_GROUP_MEMBERS = 1000
+# Group ids are chosen by the server: 128 random bits, URL-safe base64.
+GroupId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{16,32}$")]
 
 
 def validate_username(name: str) -> str:
@@ -164,6 +167,9 @@ class OutgoingEnvelope(_Model):
 class SendRequest(_Model):
     v: Literal[1] = 1
     client_message_id: ClientMessageId
+    # Olm envelopes about a group (Megolm key shares, key requests): the server
+    # checks that the sender and every recipient are members.
+    group_id: GroupId | None = None
     # Ephemeral envelopes (typing) are pushed to online devices only, never stored,
     # and only between users who share a conversation.
     ephemeral: bool = False
@@ -184,11 +190,12 @@ class Envelope(_Model):
     seq: int
     sender: str
     sender_device: str
-    kind: Literal["olm"] = "olm"
+    kind: Literal["olm", "megolm"] = "olm"
     type: Literal[0, 1]
     body: str
     ts: int
     ephemeral: bool = False
+    group_id: str | None = None
 
 
 class SyncRequest(_Model):
@@ -366,3 +373,70 @@ class PushSubscription(_Model):
 
 class VapidKey(_Model):
     public_key: str
+
+
+# -- groups -----------------------------------------------------------------------
+
+
+class GroupCreate(_Model):
+    """Create a group; the creator is its first admin. Name and other metadata
+    never reach the server (they travel end-to-end encrypted in the group)."""
+
+    members: list[Username] = Field(default_factory=list, max_length=MAX_GROUP_MEMBERS - 1)
+
+
+class GroupRef(_Model):
+    group_id: GroupId
+
+
+class GroupAdd(_Model):
+    group_id: GroupId
+    usernames: list[Username] = Field(min_length=1, max_length=MAX_GROUP_MEMBERS)
+
+
+class GroupMemberRef(_Model):
+    group_id: GroupId
+    username: Username
+
+
+class GroupMember(_Model):
+    username: str
+    role: Literal["admin", "member"]
+    added_at: int
+
+
+class GroupInfo(_Model):
+    group_id: str
+    version: int
+    created_at: int
+    members: list[GroupMember]
+
+
+class GroupSummary(_Model):
+    group_id: str
+    version: int
+    role: Literal["admin", "member"]
+
+
+class GroupList(_Model):
+    groups: list[GroupSummary]
+
+
+class GroupChange(_Model):
+    """Pushed (``group_changed``) to members, old and new, after every change."""
+
+    group_id: str
+    version: int
+    kind: Literal["created", "added", "removed", "left", "promoted"]
+    actor: str
+    usernames: list[str]
+
+
+class GroupSend(_Model):
+    """One Megolm ciphertext for the whole group; the server fans it out to
+    every current device of every member but the sending device."""
+
+    v: Literal[1] = 1
+    group_id: GroupId
+    client_message_id: ClientMessageId
+    body: Ciphertext

@@ -14,11 +14,13 @@ from bisik.server.handlers import (
 )
 from bisik.server.handlers.backups import BackupsHandler
 from bisik.server.handlers.devices import DevicesHandler
+from bisik.server.handlers.groups import GroupsHandler
 from bisik.server.handlers.presence import PresenceHandler
 from bisik.server.handlers.push import PushHandler
 from bisik.server.handlers.rendezvous import RendezvousHandler
 from bisik.server.stores import AccountStore, AuthStore, KeyStore, MessageStore
 from bisik.server.stores.backups import BackupStore
+from bisik.server.stores.groups import GroupStore
 from bisik.server.stores.presence import PresenceStore
 from bisik.server.stores.push import PushStore
 from bisik.server.stores.rendezvous import RendezvousStore
@@ -41,6 +43,7 @@ class Services:
     presence: PresenceHandler
     push: PushHandler
     presence_store: PresenceStore
+    groups: GroupsHandler
 
     @classmethod
     def build(cls, config: ServerConfig, engine: AsyncEngine, notifier: Notifier) -> Services:
@@ -49,6 +52,7 @@ class Services:
         presence = PresenceHandler(presence_store, notifier)
         push = PushHandler(config, PushStore(engine))
         backups = BackupsHandler(BackupStore(engine))
+        groups = GroupsHandler(GroupStore(engine), notifier.group_changed)
         return cls(
             config=config,
             engine=engine,
@@ -56,7 +60,7 @@ class Services:
             auth=AuthHandler(config, accounts, AuthStore(engine)),
             keys=KeysHandler(config, accounts, KeyStore(engine), notifier),
             messages=MessagesHandler(
-                config, accounts, MessageStore(engine), notifier, presence, push
+                config, accounts, MessageStore(engine), notifier, presence, push, groups
             ),
             account_store=accounts,
             devices=DevicesHandler(accounts, notifier, backups),
@@ -65,4 +69,5 @@ class Services:
             presence=presence,
             push=push,
             presence_store=presence_store,
+            groups=groups,
         )

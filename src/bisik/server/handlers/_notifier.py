@@ -1,8 +1,9 @@
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Protocol
 
-from bisik.proto import Envelope, PresenceInfo
+from bisik.proto import Envelope, GroupChange, PresenceInfo
 
 
 class Notifier(Protocol):
@@ -22,4 +23,8 @@ class Notifier(Protocol):
 
     async def presence(self, username: str, info: PresenceInfo) -> None:
         """Tell ``username``'s own devices about a partner's presence."""
+        ...
+
+    async def group_changed(self, usernames: Iterable[str], change: GroupChange) -> None:
+        """Tell these users' own devices that a group of theirs changed."""
         ...

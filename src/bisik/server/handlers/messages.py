@@ -5,6 +5,7 @@ from bisik.proto import (
     AckResult,
     Envelope,
     ErrorCode,
+    GroupSend,
     ProtocolError,
     SendRequest,
     SendResult,
@@ -14,6 +15,7 @@ from bisik.proto import (
 from bisik.server._clock import now_ms
 from bisik.server._config import ServerConfig
 from bisik.server.handlers._notifier import Notifier
+from bisik.server.handlers.groups import GroupsHandler
 from bisik.server.handlers.presence import PresenceHandler
 from bisik.server.handlers.push import PushHandler
 from bisik.server.stores import AccountStore, DeviceRow, EnvelopeRow, MessageStore, NewEnvelope
@@ -27,10 +29,11 @@ def _envelope(row: EnvelopeRow) -> Envelope:
         seq=row.seq,
         sender=row.sender,
         sender_device=row.sender_device,
-        kind="olm",
+        kind="megolm" if row.kind == "megolm" else "olm",
         type=1 if row.type == 1 else 0,
         body=row.body,
         ts=row.ts,
+        group_id=row.group_id,
     )
 
 
@@ -45,7 +48,9 @@ class MessagesHandler:
         notifier: Notifier,
         presence: PresenceHandler,
         push: PushHandler,
+        groups: GroupsHandler,
     ) -> None:
+        self._groups = groups
         self._config = config
         self._accounts = accounts
         self._messages = messages
@@ -70,6 +75,8 @@ class MessagesHandler:
                 ErrorCode.UNKNOWN_DEVICE, f"no such device: {', '.join(unknown[:10])}"
             )
         recipients = {e.username for e in req.envelopes}
+        if req.group_id is not None:
+            await self._groups.require_members(sender, req.group_id, recipients)
         if req.ephemeral:
             return await self._send_ephemeral(sender, req, resolved, recipients)
         stored = await self._messages.store(
@@ -87,6 +94,27 @@ class MessagesHandler:
             await self._notifier.deliver(row.recipient_pk, _envelope(row))
         if not stored.duplicate:
             await self._presence.record_conversations(sender.username, recipients)
+            self._push.notify(row.recipient_pk for row in stored.envelopes)
+        return SendResult(seq=stored.seq, ts=stored.ts, duplicate=stored.duplicate)
+
+    async def send_group(self, sender: DeviceRow, req: GroupSend) -> SendResult:
+        """Store one Megolm ciphertext for every current device of every member
+        (but the sender's), then push it. Only members may send."""
+        await self._groups.require_member(sender, req.group_id)
+        targets = [pk for pk in await self._groups.member_devices(req.group_id) if pk != sender.pk]
+        stored = await self._messages.store(
+            sender_pk=sender.pk,
+            sender=sender.username,
+            sender_device=sender.device_id,
+            client_message_id=req.client_message_id,
+            items=[NewEnvelope(pk, "megolm", 0, "") for pk in targets],
+            now=now_ms(),
+            group_id=req.group_id,
+            group_body=req.body,
+        )
+        for row in stored.envelopes:
+            await self._notifier.deliver(row.recipient_pk, _envelope(row))
+        if not stored.duplicate:
             self._push.notify(row.recipient_pk for row in stored.envelopes)
         return SendResult(seq=stored.seq, ts=stored.ts, duplicate=stored.duplicate)
 

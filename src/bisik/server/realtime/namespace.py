@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import socketio
 
-from bisik.proto import Envelope, ErrorCode, PresenceInfo, ProtocolError
+from bisik.proto import Envelope, ErrorCode, GroupChange, PresenceInfo, ProtocolError
 from bisik.server._services import Services
 from bisik.server.realtime._base import Connection, EventHandler
 from bisik.server.realtime.auth import AuthConcern
 from bisik.server.realtime.crypto import CryptoConcern
 from bisik.server.realtime.devices import DevicesConcern, user_room
+from bisik.server.realtime.groups import GroupsConcern
 from bisik.server.realtime.message import MessageConcern
 from bisik.server.realtime.presence import PresenceConcern
 from bisik.server.stores import DeviceRow
@@ -59,6 +61,12 @@ class SocketNotifier:
         if self.sio is not None:
             await self.sio.emit("presence", info.model_dump(), room=account_room(username))
 
+    async def group_changed(self, usernames: Iterable[str], change: GroupChange) -> None:
+        if self.sio is not None:
+            data = change.model_dump()
+            for username in usernames:
+                await self.sio.emit("group_changed", data, room=account_room(username))
+
     async def device_removed(self, device_pk: int) -> None:
         if self.sio is None:
             return
@@ -84,6 +92,7 @@ class BisikNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             MessageConcern(services),
             CryptoConcern(services),
             DevicesConcern(services, self.enter_room),
+            GroupsConcern(services),
             self.presence,
         )
         for concern in concerns:

@@ -3,7 +3,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -29,6 +29,7 @@ class EnvelopeRow:
     type: int
     body: str
     ts: int
+    group_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -52,9 +53,13 @@ class MessageStore:
         client_message_id: str,
         items: Sequence[NewEnvelope],
         now: int,
+        group_id: str | None = None,
+        group_body: str | None = None,
     ) -> StoredMessage:
         """Store a message and all its envelopes in one transaction.
 
+        A group message (``group_id``) keeps its one ciphertext, ``group_body``,
+        on the message row; its envelopes only address it to each device.
         A message id the sender already used is not stored again: the first
         message's sequence number comes back with ``duplicate=True``.
         """
@@ -67,6 +72,8 @@ class MessageStore:
                             sender_device_pk=sender_pk,
                             client_message_id=client_message_id,
                             created_at=now,
+                            group_id=group_id,
+                            body=group_body,
                         )
                         .returning(messages.c.id)
                     )
@@ -115,8 +122,9 @@ class MessageStore:
                 sender_device,
                 e.kind,
                 e.type,
-                e.body,
+                group_body if group_body is not None else e.body,
                 now,
+                group_id,
             )
             for env_id, e in zip(ids, items, strict=True)
         ]
@@ -135,8 +143,9 @@ class MessageStore:
                         devices.c.device_id,
                         envelopes.c.kind,
                         envelopes.c.type,
-                        envelopes.c.body,
+                        func.coalesce(messages.c.body, envelopes.c.body),
                         envelopes.c.created_at,
+                        messages.c.group_id,
                     )
                     .join_from(envelopes, messages, envelopes.c.message_id == messages.c.id)
                     .join(devices, messages.c.sender_device_pk == devices.c.id)
@@ -146,7 +155,7 @@ class MessageStore:
                     .limit(limit)
                 )
             ).all()
-        return [EnvelopeRow(*r) for r in rows]
+        return [EnvelopeRow(*tuple(r)) for r in rows]
 
     async def ack(self, recipient_pk: int, ids: Sequence[int]) -> tuple[int, list[int]]:
         """Delete acknowledged envelopes of this device.

@@ -120,6 +120,9 @@ messages = Table(
     Column("sender_device_pk", Id, ForeignKey("devices.id", ondelete="CASCADE"), nullable=False),
     Column("client_message_id", String(64), nullable=False),
     Column("created_at", BigInteger, nullable=False),
+    # Group messages: the group, and the one Megolm ciphertext all its envelopes share.
+    Column("group_id", String(32), nullable=True),
+    Column("body", Text, nullable=True),
     UniqueConstraint("sender_device_pk", "client_message_id", name="uq_messages_client_id"),
     sqlite_autoincrement=True,
 )
@@ -216,4 +219,22 @@ device_grants = Table(
     # The issuing device: a grant dies with it (revocation).
     Column("device_pk", Id, ForeignKey("devices.id", ondelete="CASCADE"), nullable=False),
     Column("expires_at", BigInteger, nullable=False),
+)
+
+groups = Table(
+    "groups",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("version", BigInteger, nullable=False),
+)
+
+group_members = Table(
+    "group_members",
+    metadata,
+    Column("group_id", String(32), ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True),
+    Column("user_id", Id, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("role", String(8), nullable=False),
+    Column("added_at", BigInteger, nullable=False),
+    Index("ix_group_members_user", "user_id"),
 )
