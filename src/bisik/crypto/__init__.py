@@ -20,6 +20,8 @@ from bisik.crypto._errors import (
     DeviceNameError,
     KeyFileError,
     LinkDecryptError,
+    MegolmDecryptError,
+    MissingGroupKey,
     OlmDecryptError,
     PairingCodeError,
     RecoveryKeyError,
@@ -29,6 +31,7 @@ from bisik.crypto._errors import (
 from bisik.crypto._identity import IdentityKey, verify_ed25519
 from bisik.crypto._link import SAS_EMOJI, LinkChannel, PairingCode, new_device_keypair
 from bisik.crypto._masterkey import KdfParams, KeyFile, MasterKey, create_master_key
+from bisik.crypto._megolm import MegolmHeader, MegolmInbound, MegolmOutbound, parse_megolm
 from bisik.crypto._names import MAX_DEVICE_NAME_CHARS, decrypt_device_name, encrypt_device_name
 from bisik.crypto._olm import OlmMachine, SessionStore
 from bisik.crypto._payloads import (
@@ -57,6 +60,11 @@ __all__ = [
     "LinkChannel",
     "LinkDecryptError",
     "MasterKey",
+    "MegolmDecryptError",
+    "MegolmHeader",
+    "MegolmInbound",
+    "MegolmOutbound",
+    "MissingGroupKey",
     "OlmDecryptError",
     "OlmMachine",
     "PairingCode",
@@ -82,6 +90,7 @@ __all__ = [
     "encrypt_device_name",
     "new_device_keypair",
     "one_time_key_payload",
+    "parse_megolm",
     "safety_number",
     "verify_ed25519",
 ]

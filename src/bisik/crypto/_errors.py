@@ -80,3 +80,11 @@ class AttachmentDecryptError(CryptoError):
         super().__init__(f"attachment does not decrypt at chunk {chunk}: {reason}")
         self.reason = reason
         self.chunk = chunk
+
+
+class MegolmDecryptError(CryptoError):
+    """A Megolm message is malformed, forged, or older than the keys we hold."""
+
+
+class MissingGroupKey(MegolmDecryptError):
+    """We hold no key (or only a later one) for this Megolm message yet."""
