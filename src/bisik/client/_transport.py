@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -56,6 +57,10 @@ class Transport:
         )
         self.last_connect_error: ProtocolError | None = None
         self.sio.on("connect_error", self._on_connect_error)
+        # Acks still awaited; a lost connection fails them at once (see ``call``).
+        self._awaiting: set[asyncio.Future[tuple[Any, ...]]] = set()
+        self._disconnect_handler: Handler | None = None
+        self.sio.on("disconnect", self._on_disconnect)
 
     def __repr__(self) -> str:
         return f"Transport({self.server_url!r}, device={self._username}/{self._device_id})"
@@ -133,7 +138,19 @@ class Transport:
     # -- Socket.IO --------------------------------------------------------------
 
     def on(self, event: str, handler: Handler) -> None:
-        self.sio.on(event, handler)
+        if event == "disconnect":
+            self._disconnect_handler = handler
+        else:
+            self.sio.on(event, handler)
+
+    async def _on_disconnect(self, reason: Any = None) -> None:
+        # python-socketio keeps waiting for the ack of a call whose connection
+        # dropped until the call's timeout; its answer can no longer arrive.
+        for future in self._awaiting:
+            if not future.done():
+                future.set_exception(NotConnected("connection lost before the answer"))
+        if self._disconnect_handler is not None:
+            await self._disconnect_handler(reason)
 
     @property
     def connected(self) -> bool:
@@ -176,10 +193,21 @@ class Transport:
 
     async def call(self, event: str, data: Any, timeout: float = 15.0) -> dict[str, Any]:
         """Emit an event and wait for its ack; raises ``ProtocolError`` if refused."""
+        answer: asyncio.Future[tuple[Any, ...]] = asyncio.get_running_loop().create_future()
+
+        def on_ack(*args: Any) -> None:
+            if not answer.done():
+                answer.set_result(args)
+
+        self._awaiting.add(answer)
         try:
-            result = await self.sio.call(event, data, timeout=timeout)
-        except (socketio.exceptions.TimeoutError, socketio.exceptions.BadNamespaceError) as exc:
+            await self.sio.emit(event, data, callback=on_ack)
+            args = await asyncio.wait_for(answer, timeout)
+        except (TimeoutError, socketio.exceptions.BadNamespaceError) as exc:
             raise NotConnected(f"{event}: no answer from the server ({exc!r})") from None
+        finally:
+            self._awaiting.discard(answer)
+        result = args[0] if len(args) == 1 else None
         if not isinstance(result, dict):
             raise ProtocolError(ErrorCode.INTERNAL, f"unexpected answer to {event}")
         if not result.get("ok"):

@@ -1,0 +1,83 @@
+"""``bisik server`` as a real subprocess that a test may SIGKILL and start again.
+
+The port stays the same across restarts, so connected clients find the new
+process by themselves; the data directory (SQLite) and the log file carry over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+BISIK = [sys.executable, "-m", "bisik.cli"]
+
+
+class ServerProcess:
+    """One ``bisik server`` process at a time on a fixed port.
+
+    Args:
+        data: the server's data directory; its ``server.log`` collects the output
+            of every process started here (the canary check reads it).
+        port: a loopback port, kept for every restart.
+        extra: more ``bisik server`` flags (``--database-url``, ``--redis-url``...).
+    """
+
+    def __init__(self, data: Path, port: int, extra: list[str] | None = None) -> None:
+        self.data = data
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.extra = extra or []
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+        self.kills = 0
+        data.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def log(self) -> Path:
+        return self.data / "server.log"
+
+    async def start(self, timeout: float = 30.0) -> None:
+        """Start the process and return once it answers its health check."""
+        assert self.proc is None, "already running"
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [*BISIK, "server", "--data", str(self.data), "--port", str(self.port), *self.extra],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        self.starts += 1
+        async with httpx.AsyncClient(timeout=2) as http, asyncio.timeout(timeout):
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"server exited with {self.proc.returncode}; see {self.log}")
+                try:
+                    if (await http.get(f"{self.url}/v1/health")).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.05)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown handler runs, nothing is flushed."""
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+            self.proc = None
+            self.kills += 1
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+            self.proc = None
