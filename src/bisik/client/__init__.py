@@ -8,6 +8,8 @@ Example::
         await client.wait_sent(message.id, timeout=10)
 """
 
+from bisik.client._attachment_info import AttachmentInfo
+from bisik.client._attachments import AttachmentError
 from bisik.client._client import Client
 from bisik.client._errors import (
     ClientError,
@@ -15,6 +17,7 @@ from bisik.client._errors import (
     NotConnected,
     ProfileError,
 )
+from bisik.client._group_store import LocalGroup, Member
 from bisik.client._linking import LinkError, LinkRequest, VerificationCode
 from bisik.client._models import (
     ConnectionChanged,
@@ -23,12 +26,14 @@ from bisik.client._models import (
     DeviceRemoved,
     DevicesChanged,
     Event,
+    GroupChanged,
     IdentityChanged,
     Message,
     MessageFailed,
     MessageReceived,
     MessageSent,
     MessagesRead,
+    MessageWaiting,
     PresenceChanged,
     ReceiptUpdated,
     Synced,
@@ -39,6 +44,8 @@ from bisik.crypto import KdfParams, WrongPassword
 from bisik.proto import ErrorCode, ProtocolError
 
 __all__ = [
+    "AttachmentError",
+    "AttachmentInfo",
     "Client",
     "ClientError",
     "ConnectionChanged",
@@ -48,15 +55,19 @@ __all__ = [
     "DevicesChanged",
     "ErrorCode",
     "Event",
+    "GroupChanged",
     "IdentityChanged",
     "IdentityKeyChanged",
     "KdfParams",
     "LinkError",
     "LinkRequest",
+    "LocalGroup",
+    "Member",
     "Message",
     "MessageFailed",
     "MessageReceived",
     "MessageSent",
+    "MessageWaiting",
     "MessagesRead",
     "NotConnected",
     "PresenceChanged",

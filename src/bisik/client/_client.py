@@ -21,8 +21,10 @@ import pydantic
 
 from bisik.client import _profile
 from bisik.client._account import AccountMixin
+from bisik.client._attachments import AttachmentsMixin
 from bisik.client._devices import DeviceDirectory
 from bisik.client._errors import ClientError, IdentityKeyChanged, NotConnected, ProfileError
+from bisik.client._groups import GroupRejected, GroupsMixin
 from bisik.client._linking import LinkRequest
 from bisik.client._models import (
     ConnectionChanged,
@@ -42,12 +44,13 @@ from bisik.client._models import (
     Synced,
     TypingChanged,
     direct_conversation,
+    group_conversation,
 )
 from bisik.client._profile import OpenProfile
 from bisik.client._recovery import recover
 from bisik.client._setup import ONE_TIME_KEY_TARGET, new_device
 from bisik.client._signals import Signals
-from bisik.client._store import StoredDevice
+from bisik.client._store import OutboxItem, StoredDevice
 from bisik.client._transport import Transport
 from bisik.crypto import (
     CryptoError,
@@ -71,7 +74,7 @@ def _now() -> int:
     return int(time.time() * 1000)
 
 
-class Client(AccountMixin):
+class Client(AccountMixin, GroupsMixin, AttachmentsMixin):
     """One device of one account. Open it with ``create_account`` or ``open``.
 
     Use as an async context manager, or call ``close``.
@@ -101,6 +104,9 @@ class Client(AccountMixin):
         self._subscribers: list[asyncio.Queue[Event]] = []
         self._sent_waiters: dict[str, asyncio.Future[Message]] = {}
         self.synced = asyncio.Event()
+        # Counts disconnects: a sync that began on an earlier connection must not
+        # mark this one synced (pushes would then overtake what it did not fetch).
+        self._connection = 0
         # Set by ``create_account`` only: shown to the user once, never again.
         self.new_recovery_key: str | None = None
         self._transport.on("connect", self._on_connect)
@@ -112,8 +118,10 @@ class Client(AccountMixin):
         self._signals = Signals(store, username, self._emit)
         self._delivered: dict[str, list[str]] = {}
         self._transport.on("device_removed", self._on_device_removed)
+        self._transport.on("resync", self._on_resync)
         self._backup_dirty = False
         self._backup_at = 0.0
+        self._init_groups(profile.pickle_key)
 
     def __repr__(self) -> str:
         return f"Client({self.username}/{self.device_id} @ {self.server_url})"
@@ -277,6 +285,7 @@ class Client(AccountMixin):
         self._queue.put_nowait(("resync", None))
 
     async def _on_disconnect(self, reason: Any = None) -> None:
+        self._connection += 1
         self.synced.clear()
         # Pushed envelopes not yet handled will come again with the next sync,
         # in order; handling them now could show them out of order.
@@ -290,7 +299,14 @@ class Client(AccountMixin):
         self._emit(ConnectionChanged("disconnected"))
 
     async def _on_envelope(self, data: Any) -> None:
-        self._queue.put_nowait(("envelope", data))
+        # python-socketio may run a push's handler after the disconnect handler of
+        # its connection: such a push comes again with the next sync, in order.
+        if self._transport.connected:
+            self._queue.put_nowait(("envelope", data))
+
+    async def _on_resync(self, data: Any = None) -> None:
+        # The server lost pushes (its fan-out restarted): page the queue again.
+        self._queue.put_nowait(("resync", None))
 
     async def _on_keys_low(self, data: Any = None) -> None:
         self._queue.put_nowait(("replenish", None))
@@ -324,6 +340,7 @@ class Client(AccountMixin):
             try:
                 if kind == "resync":
                     self._devices.forget_all()
+                    await self._sync_groups()
                     await self._resync()
                     await self._flush_outbox()
                     await self._replenish_keys()
@@ -337,6 +354,12 @@ class Client(AccountMixin):
                     await self._replenish_keys()
                 elif kind == "typing":
                     await self._send_typing(*data)
+                elif kind == "group_changed":
+                    await self._group_changed(data)
+                elif kind == "key_request_out":
+                    await self._request_key(data)
+                elif kind == "key_request_in":
+                    await self._answer_key_request(*data)
                 await self._maybe_backup()
             except NotConnected as exc:
                 log.info("worker: %s (will retry on reconnect)", exc)
@@ -346,6 +369,7 @@ class Client(AccountMixin):
     # -- receiving --------------------------------------------------------------
 
     async def _resync(self) -> None:
+        connection = self._connection
         total = 0
         after = 0
         while True:
@@ -355,6 +379,8 @@ class Client(AccountMixin):
             if not page["more"] or not envelopes:
                 break
             after = int(envelopes[-1]["id"])
+        if connection != self._connection:
+            raise NotConnected("the connection dropped during the sync")
         self.synced.set()
         self._emit(Synced(total))
 
@@ -429,7 +455,13 @@ class Client(AccountMixin):
             return self._reject(
                 key, envelope_id, sender, sender_device, "sender device is not signed by its owner"
             )
+        if env.get("kind") == "megolm" and not ephemeral:
+            try:
+                return await self._handle_group_envelope(env, key, device)
+            except GroupRejected as exc:
+                return self._reject(key, envelope_id, sender, sender_device, str(exc))
         signals: list[Event] | None = None
+        room_key: str | None = None
         try:
             with self._store.transaction():
                 plaintext = self._machine.decrypt(device.curve25519, msg_type, body)
@@ -438,7 +470,13 @@ class Client(AccountMixin):
                     # A control message: applied, never shown as a message.
                     if not ephemeral:
                         self._store.mark_processed(key, "control", _now())
-                    signals = self._signals.apply(content, sender, sender_device)
+                    signals = []
+                    if content.type == "room_key" and not ephemeral:
+                        room_key = self._accept_room_key(content, device)
+                    elif content.type == "key_request" and not ephemeral:
+                        self._queue.put_nowait(("key_request_in", (content, device)))
+                    else:
+                        signals = self._signals.apply(content, sender, sender_device)
                 else:
                     incoming = content.sender.username != self.username
                     message = Message(
@@ -452,10 +490,15 @@ class Client(AccountMixin):
                         received_at=_now(),
                         server_seq=int(env.get("seq", 0)),
                         state="received" if incoming else "sent",
+                        attachment=content.attachment,
                     )
                     fresh = self._store.insert_message(message)
+                    if fresh and content.attachment is not None:
+                        self._store.put_attachment(
+                            sender, content.id, content.attachment.model_dump_json(), None
+                        )
                     self._store.mark_processed(key, "received", _now())
-        except (OlmDecryptError, CryptoError, _InvalidContent) as exc:
+        except (OlmDecryptError, CryptoError, _InvalidContent, GroupRejected) as exc:
             self._machine.forget_cached_sessions()
             if ephemeral:
                 return "control"
@@ -463,6 +506,8 @@ class Client(AccountMixin):
         except BaseException:
             self._machine.forget_cached_sessions()
             raise
+        if room_key is not None:
+            await self._retry_waiting(room_key)
         if signals is not None:
             for event in signals:
                 if isinstance(event, TypingChanged):
@@ -516,12 +561,16 @@ class Client(AccountMixin):
         Raises:
             ProtocolError: ``unknown_user`` if connected and ``peer`` does not exist.
             IdentityKeyChanged: the peer's identity key changed and was not acknowledged.
+        ``peer`` may be a group (``#name`` or ``#id``).
         """
-        validate_username(peer)
+        if not peer.startswith("#"):
+            validate_username(peer)
         if not text:
             raise ClientError("cannot send an empty message")
         if len(text.encode()) > MAX_TEXT_BYTES:
             raise ClientError(f"message too long ({MAX_TEXT_BYTES:,} bytes of UTF-8 at most)")
+        if peer.startswith("#"):
+            return self._queue_group_text(peer, text)
         if self._transport.connected:
             await self._devices.recipient_devices(peer, refresh=False)
         now = _now()
@@ -576,24 +625,27 @@ class Client(AccountMixin):
         if not self.synced.is_set():
             return
         for item in self._store.outbox():
+            result: dict[str, Any] | None
             try:
-                envelopes = item.envelopes
-                if envelopes is None:
-                    envelopes = await self._encrypt_for(item.message_id, item.payload)
-                    if not envelopes:  # e.g. read sync with no other device of ours
-                        with self._store.transaction():
-                            self._store.remove_outbox(item.message_id)
-                        continue
+                if "group" in item.payload:
+                    result = await self._send_group_item(
+                        item.message_id, item.payload, item.envelopes
+                    )
+                else:
+                    result = await self._send_olm_item(item)
+                if result is None:  # e.g. read sync with no other device of ours
                     with self._store.transaction():
-                        self._store.set_outbox_envelopes(item.message_id, envelopes)
-                result = await self._transport.call(
-                    "send", {"client_message_id": item.message_id, "envelopes": envelopes}
-                )
+                        self._store.remove_outbox(item.message_id)
+                    continue
             except ProtocolError as exc:
                 if exc.code == ErrorCode.INTERNAL:
                     # The server may have stored it; the same id is safe to resend.
                     raise NotConnected(f"server error while sending: {exc.message}") from exc
-                if exc.code == ErrorCode.UNKNOWN_DEVICE and item.envelopes is not None:
+                if (
+                    exc.code == ErrorCode.UNKNOWN_DEVICE
+                    and item.envelopes is not None
+                    and "to" in item.payload
+                ):
                     # The device list changed since we encrypted: encrypt again.
                     with self._store.transaction():
                         self._store.set_outbox_envelopes(item.message_id, None)
@@ -620,6 +672,19 @@ class Client(AccountMixin):
                 future = self._sent_waiters.pop(item.message_id, None)
                 if future is not None and not future.done():
                     future.set_result(message)
+
+    async def _send_olm_item(self, item: OutboxItem) -> dict[str, Any] | None:
+        envelopes = item.envelopes
+        if envelopes is None:
+            envelopes = await self._encrypt_for(item.message_id, item.payload)
+            if not envelopes:
+                return None
+            with self._store.transaction():
+                self._store.set_outbox_envelopes(item.message_id, envelopes)
+        result: dict[str, Any] = await self._transport.call(
+            "send", {"client_message_id": item.message_id, "envelopes": envelopes}
+        )
+        return result
 
     def _fail(self, message_id: str, reason: str) -> None:
         with self._store.transaction():
@@ -676,6 +741,7 @@ class Client(AccountMixin):
                     body=str(payload.get("body", "")),
                     receipt=payload.get("receipt"),
                     typing=payload.get("typing"),
+                    attachment=payload.get("attachment"),
                 )
                 msg_type, body = self._machine.encrypt(
                     device.curve25519, content.model_dump_json().encode()
@@ -718,9 +784,14 @@ class Client(AccountMixin):
     # -- reading ----------------------------------------------------------------
 
     def history(self, peer: str, limit: int = 100, before: int | None = None) -> list[Message]:
-        """The last ``limit`` messages with ``peer``, oldest first."""
-        rows = self._store.history(direct_conversation(peer), limit, before)
-        return [Message.from_row(r) for r in rows]
+        """The last ``limit`` messages with ``peer`` (or in group ``#name``), oldest first."""
+        conversation = (
+            group_conversation(self.group(peer).group_id)
+            if peer.startswith("#")
+            else direct_conversation(peer)
+        )
+        rows = self._store.history(conversation, limit, before)
+        return self._with_attachments([Message.from_row(r) for r in rows])
 
     def unread(self, limit: int = 10_000) -> list[Message]:
         """Incoming messages not yet returned by ``unread`` (a cursor kept in the profile).
@@ -733,7 +804,7 @@ class Client(AccountMixin):
         if rows:
             with self._store.transaction():
                 self._store.set_meta("unread_cursor", str(rows[-1][10]))
-        return [Message.from_row(r) for r in rows]
+        return self._with_attachments([Message.from_row(r) for r in rows])
 
     def conversations(self) -> list[tuple[str, str]]:
         """``(conversation_id, last_message_body)``, most recent first."""

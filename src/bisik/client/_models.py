@@ -7,12 +7,19 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from bisik.client._attachment_info import AttachmentInfo
+
 ConnectionState = Literal["connecting", "connected", "disconnected"]
 
 
 def direct_conversation(peer: str) -> str:
-    """The conversation id of a 1:1 chat with ``peer``. Groups will use ``#id``."""
+    """The conversation id of a 1:1 chat with ``peer``."""
     return f"@{peer}"
+
+
+def group_conversation(group_id: str) -> str:
+    """The conversation id of a group."""
+    return f"#{group_id}"
 
 
 @dataclass(frozen=True)
@@ -33,6 +40,8 @@ class Message:
     received_at: int
     server_seq: int | None
     state: str
+    # A file, image or voice note (the body is then its caption).
+    attachment: AttachmentInfo | None = None
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> Message:
@@ -50,6 +59,7 @@ class Message:
             "received_at": self.received_at,
             "server_seq": self.server_seq,
             "state": self.state,
+            **({"attachment": self.attachment.public_json()} if self.attachment else {}),
         }
 
 
@@ -154,6 +164,28 @@ class DeviceInfo:
 
 
 @dataclass(frozen=True)
+class GroupChanged:
+    """A group of ours changed: ``kind`` is ``created``, ``added``, ``removed``,
+    ``left``, ``promoted`` (membership, as the server reports it) or ``renamed``
+    (end-to-end encrypted metadata, from an admin)."""
+
+    group_id: str
+    kind: str
+    actor: str
+    usernames: list[str]
+
+
+@dataclass(frozen=True)
+class MessageWaiting:
+    """A group message arrived before its key: it is kept, a key request has
+    gone to the sender's devices, and ``MessageReceived`` follows when the key comes."""
+
+    conversation: str
+    sender: str
+    sender_device: str
+
+
+@dataclass(frozen=True)
 class Synced:
     """The backlog has been fetched after a (re)connect."""
 
@@ -173,6 +205,8 @@ Event = (
     | MessagesRead
     | TypingChanged
     | PresenceChanged
+    | GroupChanged
+    | MessageWaiting
     | Synced
 )
 
@@ -193,6 +227,51 @@ class ReceiptContent(BaseModel):
     conversation: str
 
 
+class RoomKeyContent(BaseModel):
+    """A Megolm session key, shared over Olm. ``owner`` is the device whose
+    session it is (the Olm sender, or, for a forwarded key, another device of
+    the same user); ``exported`` keys come from ``export_at``."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+    group_id: str = Field(max_length=64)
+    session_id: str = Field(max_length=64)
+    key: str = Field(max_length=4096)
+    exported: bool = False
+    owner: DeviceStamp
+
+
+class KeyRequestContent(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    group_id: str = Field(max_length=64)
+    session_id: str = Field(max_length=64)
+    index: int = Field(ge=0, le=2**32)
+
+
+class GroupMeta(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    name: str = Field(min_length=1, max_length=100)
+    description: str = Field(default="", max_length=1000)
+
+
+class GroupPlaintext(BaseModel):
+    """The JSON inside every Megolm message (group content version 1).
+
+    ``sender`` must be the device that owns the session and ``group_id`` the
+    group the session was shared for: a server cannot move a message to
+    another group or attribute it to someone else.
+    """
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+    v: Literal[1] = 1
+    type: Literal["text", "meta"]
+    id: str = Field(min_length=8, max_length=64)
+    sender: DeviceStamp
+    group_id: str = Field(max_length=64)
+    sent_at: int
+    body: str = Field(default="", max_length=64 * 1024)
+    meta: GroupMeta | None = None
+
+
 class Plaintext(BaseModel):
     """The JSON inside every Olm envelope (content version 1).
 
@@ -204,7 +283,7 @@ class Plaintext(BaseModel):
 
     model_config = ConfigDict(extra="ignore", strict=True)
     v: Literal[1] = 1
-    type: Literal["text", "receipt", "typing"]
+    type: Literal["text", "receipt", "typing", "room_key", "key_request"]
     id: str = Field(min_length=8, max_length=64)
     sender: DeviceStamp
     recipient: DeviceStamp
@@ -213,3 +292,6 @@ class Plaintext(BaseModel):
     body: str = Field(default="", max_length=64 * 1024)
     receipt: ReceiptContent | None = None
     typing: bool | None = None
+    attachment: AttachmentInfo | None = None
+    room_key: RoomKeyContent | None = None
+    key_request: KeyRequestContent | None = None
