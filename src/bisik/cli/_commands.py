@@ -65,7 +65,17 @@ async def dispatch(
         return await run_demo(args, out)
     async with opened(home, read_password) as client:
         if args.command == "send":
+            if args.file is not None:
+                from bisik.cli._attachments import send_file
+
+                return await send_file(client, args, out)
+            if args.text is None:
+                raise ClientError("nothing to send: give a text or --file PATH")
             return await send(client, args, out)
+        if args.command == "download":
+            from bisik.cli._attachments import download
+
+            return await download(client, args, out)
         if args.command == "receive":
             return await receive(client, args, out)
         if args.command == "history":
@@ -104,6 +114,10 @@ async def dispatch(
             await client.trust_identity(args.user)
             out.emit({"event": "trusted", "user": args.user}, f"trusting {args.user}'s new key")
             return 0
+        if args.command == "group":
+            from bisik.cli import _groups
+
+            return await _groups.dispatch(client, args, out)
         if args.command in ("link", "devices", "verify"):
             from bisik.cli import _devices
 

@@ -38,6 +38,12 @@ class _Subparsers:
         )
         return parser
 
+    def nested(self, parser: argparse.ArgumentParser, dest: str) -> _Subparsers:
+        """Subcommands of ``parser`` (``bisik group create``), with the common flags."""
+        return _Subparsers(
+            parser.add_subparsers(dest=dest, required=True, metavar="ACTION"), self._common
+        )
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -80,12 +86,18 @@ def build_parser() -> argparse.ArgumentParser:
     acc_sub.add_parser("info", help="show username, device and keys")
     acc_sub.add_parser("password", help="change the profile password (env BISIK_NEW_PASSWORD)")
 
-    send = sub.add_parser("send", help="send a text message")
+    send = sub.add_parser("send", help="send a text message, or a file with --file")
     send.add_argument("user")
-    send.add_argument("text")
+    send.add_argument("text", nargs="?", default=None)
+    send.add_argument("--file", type=Path, help="send this file (encrypted) instead")
+    send.add_argument("--caption", help="a caption for --file")
     send.add_argument(
         "--wait", type=float, default=15.0, help="seconds to wait for the server (default 15)"
     )
+
+    download = sub.add_parser("download", help="fetch, verify and decrypt an attachment")
+    download.add_argument("message_id", metavar="MSGID")
+    download.add_argument("--out", type=Path, help="file or directory (default: profile/downloads)")
 
     receive = sub.add_parser("receive", help="fetch, decrypt and print new messages")
     receive.add_argument(
@@ -103,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     trust.add_argument("user")
 
     sub.add_parser("conversations", help="list conversations")
+
+    from bisik.cli._groups import add_parser as add_group_parser
+
+    add_group_parser(sub)
 
     settings = sub.add_parser("settings", help="view or set presence, typing, read receipts")
     for flag in ("--presence", "--typing", "--read-receipts"):

@@ -785,13 +785,13 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin):
 
     def history(self, peer: str, limit: int = 100, before: int | None = None) -> list[Message]:
         """The last ``limit`` messages with ``peer`` (or in group ``#name``), oldest first."""
-        conversation = (
-            group_conversation(self.group(peer).group_id)
-            if peer.startswith("#")
-            else direct_conversation(peer)
-        )
-        rows = self._store.history(conversation, limit, before)
+        rows = self._store.history(self._conversation_of(peer), limit, before)
         return self._with_attachments([Message.from_row(r) for r in rows])
+
+    def _conversation_of(self, peer: str) -> str:
+        if peer.startswith("#"):
+            return group_conversation(self.group(peer).group_id)
+        return direct_conversation(peer)
 
     def unread(self, limit: int = 10_000) -> list[Message]:
         """Incoming messages not yet returned by ``unread`` (a cursor kept in the profile).
@@ -831,12 +831,16 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin):
         Sends a read receipt to ``peer`` if read receipts are on. Returns how
         many messages were newly marked.
         """
-        conversation = direct_conversation(peer)
+        conversation = self._conversation_of(peer)
         unread = self._store.unread(conversation)
         if not unread:
             return 0
         with self._store.transaction():
             ids = self._store.mark_read(conversation, [i for _, i in unread], _now())
+        if peer.startswith("#"):
+            # Group read state stays on this device for now (no group receipts).
+            self._emit(MessagesRead(conversation, ids))
+            return len(ids)
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             self._queue_control(peer, "own", {"kind": "read", "ids": chunk})
