@@ -14,23 +14,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import random
 import secrets
+import signal
+import subprocess
+import sys
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from bisik.client import Client, MessageReceived, MessageSent
-from bisik.server import free_port
-from tests.conftest import FAST_KDF, PASSWORD
+from bisik.client import Client, MessageReceived, MessageSent, NotConnected
+from bisik.server import ServerConfig, free_port
+from tests.conftest import (
+    FAST_KDF,
+    PASSWORD,
+    POSTGRES_URL,
+    REDIS_URL,
+    RunningServer,
+    _postgres_database,
+)
 from tests.integration._server_process import ServerProcess
 from tests.integration.test_devices import link
 
 KILLS = int(os.environ.get("BISIK_FAULT_KILLS", "20"))
+DROPS = int(os.environ.get("BISIK_FAULT_DROPS", "24"))
+
+pytestmark = pytest.mark.timeout(300)
 
 
 def _seed() -> int:
@@ -95,7 +110,8 @@ def check_delivery(devices: list[Device]) -> int:
             assert got[sender] == ids, (
                 f"{receiver.key} from {sender}: {len(got[sender])} shown, {len(ids)} sent; "
                 f"missing {len(set(ids) - set(got[sender]))}, "
-                f"in order: {[i for i in got[sender] if i in ids] == ids}"
+                f"in order: {[i for i in got[sender] if i in ids] == ids}; "
+                f"positions shown: {[ids.index(i) if i in ids else None for i in got[sender]]}"
             )
         assert set(got) <= set(expected), f"{receiver.key} got messages from nowhere"
         total += len(receiver.received)
@@ -222,4 +238,260 @@ async def test_sigkilled_server_loses_and_duplicates_nothing(tmp_path: Path) -> 
         server.stop()
 
 
-pytestmark = pytest.mark.timeout(300)
+# -- connections cut from the client side --------------------------------------------
+
+
+def sever(client: Client) -> bool:
+    """Cut the client's TCP connection with no close frame, like a pulled cable."""
+    ws = client._transport.sio.eio.ws
+    transport = getattr(getattr(ws, "_conn", None), "transport", None)
+    if transport is None or transport.is_closing():
+        return False
+    transport.abort()
+    return True
+
+
+def cut_at_random(
+    device: Device, rng: random.Random, cuts: Counter[str], armed: asyncio.Event
+) -> None:
+    """Make ``device`` lose its connection at the worst moments, while ``armed``:
+
+    right after a ``send`` left (the server may store it, the ack is lost), right
+    before an ``ack`` would leave (shown here, still queued on the server), and as
+    a pushed envelope arrives (before it is handled).
+    """
+    sio = device.client._transport.sio
+    emit = sio.emit
+    on_envelope = sio.handlers["/"]["envelope"]
+
+    def roll(kind: str) -> None:
+        if armed.is_set() and rng.random() < 0.15 and sever(device.client):
+            cuts[kind] += 1
+
+    async def emit_and_cut(event: str, *args: Any, **kwargs: Any) -> None:
+        if event == "ack":
+            roll("before ack")
+        await emit(event, *args, **kwargs)
+        if event == "send":
+            roll("mid-send")
+
+    async def envelope_and_cut(data: Any) -> None:
+        await on_envelope(data)
+        roll("mid-receive")
+
+    sio.emit = emit_and_cut
+    sio.handlers["/"]["envelope"] = envelope_and_cut
+
+
+async def test_connections_cut_mid_send_and_mid_receive(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    rng = random.Random(_seed())
+    devices = [await new_device(tmp_path, server.url, n) for n in ("alice", "bob", "carol")]
+    cuts: Counter[str] = Counter()
+    armed = asyncio.Event()
+    try:
+        for device in devices:
+            cut_at_random(device, rng, cuts, armed)
+        async with chatting(devices, rng, "canary-drop"):
+            armed.set()
+            async with asyncio.timeout(120):
+                while cuts.total() < DROPS or len(cuts) < 3:
+                    await asyncio.sleep(0.1)
+            armed.clear()
+        await wait_converged(devices, timeout=60)
+        delivered = check_delivery(devices)
+        print(f"cuts={dict(cuts)} sent={sum(len(d.sent) for d in devices)} delivered={delivered}")
+    finally:
+        for device in devices:
+            await device.client.close()
+
+
+async def test_a_call_fails_at_once_when_its_connection_drops(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    """The ack of a call whose connection dropped can never come: the caller
+    learns it now, not after the call's timeout (python-socketio waits it out)."""
+    device = await new_device(tmp_path, server.url, "alice")
+    namespace = server.app.other_asgi_app.state.namespace
+    entered, release = asyncio.Event(), asyncio.Event()
+    original = namespace._handlers["sync"]
+
+    async def stuck(conn: Any, data: Any) -> dict[str, Any]:
+        entered.set()
+        await release.wait()
+        return {}
+
+    namespace._handlers["sync"] = stuck
+    try:
+        call = asyncio.create_task(device.client._transport.call("sync", {}, timeout=3600))
+        await asyncio.wait_for(entered.wait(), 10)
+        assert sever(device.client)
+        with pytest.raises(NotConnected):
+            await asyncio.wait_for(call, 60)
+    finally:
+        namespace._handlers["sync"] = original
+        release.set()
+        await device.client.close()
+
+
+# -- a client frozen (SIGSTOP) for longer than the ping timeout ----------------------
+
+
+async def read_lines(stream: asyncio.StreamReader, into: list[dict[str, Any]]) -> None:
+    while line := await stream.readline():
+        into.append(json.loads(line))
+
+
+async def wait_for(predicate: Callable[[], bool | Awaitable[bool]], timeout: float) -> None:
+    async with asyncio.timeout(timeout):
+        while True:
+            result = predicate()
+            if not isinstance(result, bool):
+                result = await result
+            if result:
+                return
+            await asyncio.sleep(0.05)
+
+
+async def test_client_frozen_beyond_the_ping_timeout(
+    server_factory: Callable[..., Awaitable[RunningServer]], tmp_path: Path
+) -> None:
+    server = await server_factory(ping_interval_s=0.5, ping_timeout_s=0.5)
+    namespace = server.app.other_asgi_app.state.namespace
+    count = 30
+    alice = await new_device(tmp_path, server.url, "alice")
+    bob = await Client.create_account(
+        tmp_path / "bob", server_url=server.url, username="bob", password=PASSWORD, kdf=FAST_KDF
+    )
+    bob_device = bob.device_id
+    await bob.close()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.integration._client_process",
+        str(tmp_path / "bob"),
+        PASSWORD,
+        "alice",
+        str(count),
+        str(count),
+        stdout=asyncio.subprocess.PIPE,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert proc.stdout is not None
+    lines: list[dict[str, Any]] = []
+    reader = asyncio.create_task(read_lines(proc.stdout, lines))
+
+    def bob_online() -> bool:
+        return any(d.device_id == bob_device for d in namespace._devices.values())
+
+    try:
+        await wait_for(bob_online, 30)
+        freezes = 0
+        async with asyncio.timeout(120):
+            for i in range(count):
+                alice.sent.append(
+                    ("bob", (await alice.client.send_text("bob", f"canary-pause alice #{i}")).id)
+                )
+                if i in (5, 18):
+                    # Frozen mid-conversation: the server gives up on the socket.
+                    proc.send_signal(signal.SIGSTOP)
+                    await wait_for(lambda: not bob_online(), 30)
+                    freezes += 1
+                    proc.send_signal(signal.SIGCONT)
+                await asyncio.sleep(0.1)
+            assert await proc.wait() == 0
+        await reader
+        await wait_converged([alice], timeout=30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await alice.client.close()
+
+    queued = [line["queued"] for line in lines if "queued" in line]
+    acked = [line["sent"] for line in lines if "sent" in line]
+    shown = [line["received"] for line in lines if "received" in line]
+    assert len(queued) == count and sorted(acked) == sorted(queued)
+    assert shown == [m for _, m in alice.sent], "bob: each of alice's messages once, in order"
+    alice.drain()
+    assert [e.message.id for e in alice.received] == queued, "alice: bob's, once, in order"
+    assert freezes == 2
+
+
+# -- Redis dies and comes back under two server processes ------------------------------
+
+
+def redis_alive(port: int) -> bool:
+    ping = subprocess.run(
+        ["redis-cli", "-h", "127.0.0.1", "-p", str(port), "ping"], capture_output=True, text=True
+    )
+    return ping.stdout.strip() == "PONG"
+
+
+async def kill_redis(port: int) -> None:
+    info = subprocess.run(
+        ["redis-cli", "-h", "127.0.0.1", "-p", str(port), "info", "server"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    pid = int(next(line for line in info.splitlines() if line.startswith("process_id:"))[11:])
+    os.kill(pid, signal.SIGKILL)
+    await wait_for(lambda: not redis_alive(port), 10)
+
+
+async def start_redis(port: int) -> None:
+    subprocess.run(
+        [
+            *("redis-server", "--daemonize", "yes", "--bind", "127.0.0.1"),
+            *("--port", str(port), "--save", "", "--appendonly", "no"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    await wait_for(lambda: redis_alive(port), 10)
+
+
+@pytest.mark.skipif(
+    not (POSTGRES_URL and REDIS_URL and REDIS_URL.startswith("redis://127.0.0.1:")),
+    reason="needs BISIK_TEST_POSTGRES_URL and a loopback BISIK_TEST_REDIS_URL (CI sets both)",
+)
+async def test_cross_process_delivery_recovers_after_a_redis_restart(tmp_path: Path) -> None:
+    assert REDIS_URL is not None
+    port = int(REDIS_URL.split(":")[2].split("/")[0])
+    db_url, drop = await _postgres_database()
+    nodes = [
+        RunningServer(
+            ServerConfig(data_dir=tmp_path / f"node{i}", database_url=db_url, redis_url=REDIS_URL)
+        )
+        for i in range(2)
+    ]
+    devices: list[Device] = []
+    rng = random.Random(_seed())
+    try:
+        for node in nodes:
+            await node.start()
+        devices = [
+            await new_device(tmp_path, node.url, name)
+            for name, node in (("alice", nodes[0]), ("bob", nodes[1]))
+        ]
+        for outage in range(3):
+            async with chatting(devices, rng, f"canary-redis-{outage}"):
+                await asyncio.sleep(rng.uniform(0.3, 1.0))
+                await kill_redis(port)
+                try:
+                    await asyncio.sleep(rng.uniform(0.5, 2.0))  # sends go on, stored in PostgreSQL
+                finally:
+                    await start_redis(port)
+                await asyncio.sleep(rng.uniform(0.3, 1.0))
+            await wait_converged(devices, timeout=30)
+            check_delivery(devices)
+    finally:
+        if not redis_alive(port):
+            await start_redis(port)
+        for device in devices:
+            await device.client.close()
+        for node in nodes:
+            await node.stop()
+        await drop()

@@ -67,6 +67,11 @@ class Transport:
 
     async def aclose(self) -> None:
         await self.sio.disconnect()
+        # Engine.IO closes its aiohttp session only on some paths (not after a
+        # reconnect cut short by the disconnect); left open it leaks a socket.
+        session = getattr(self.sio.eio, "http", None)
+        if session is not None and not session.closed:
+            await session.close()
         await self.http.aclose()
 
     # -- HTTP -----------------------------------------------------------------

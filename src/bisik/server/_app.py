@@ -16,6 +16,7 @@ from bisik.server._config import ServerConfig
 from bisik.server._db import create_engine, migrate
 from bisik.server._services import Services
 from bisik.server.realtime import BisikNamespace, SocketNotifier, SocketServer
+from bisik.server.realtime._redis import RecoveringRedisManager
 from bisik.server.rest import build_routes, http_exception
 
 log = logging.getLogger("bisik.server")
@@ -47,13 +48,20 @@ def create_app(config: ServerConfig) -> Any:
 
     manager = None
     if config.redis_url:
-        manager = socketio.AsyncRedisManager(config.redis_url)
+
+        async def resync_here() -> None:
+            # Pushes published while Redis was away are lost: clients page their queues.
+            await sio.emit("resync", {}, ignore_queue=True)
+
+        manager = RecoveringRedisManager(config.redis_url, on_recovered=resync_here)
     sio = SocketServer(
         async_mode="asgi",
         client_manager=manager,
         cors_allowed_origins=[],
         transports=["websocket"],
         max_http_buffer_size=config.max_body_bytes,
+        ping_interval=config.ping_interval_s,
+        ping_timeout=config.ping_timeout_s,
         logger=False,
         engineio_logger=False,
     )

@@ -23,6 +23,9 @@ class ServerConfig:
     challenge_ttl_s: int = 120
     low_key_threshold: int = 10
     max_body_bytes: int = 1024 * 1024
+    # Engine.IO heartbeat: a socket that answers no ping within interval + timeout is closed.
+    ping_interval_s: float = 25.0
+    ping_timeout_s: float = 20.0
     # Web Push: at most one push per device in this many seconds.
     push_interval_s: int = 30
     push_contact: str = "mailto:admin@localhost"
