@@ -89,6 +89,7 @@ class GroupsMixin:
         self._gdb = GroupStore(self._store)
         self._pickle_key = pickle_key
         self._key_requests: dict[str, float] = {}
+        self._stale_groups: set[str] = set()
         self._key_answers: dict[tuple[str, str, str], float] = {}
         # How often the "waiting for key" path ran, for tests and the closing report.
         self.group_stats = {
@@ -275,6 +276,7 @@ class GroupsMixin:
             return self._gdb.group(group_id)
         with self._store.transaction():
             self._save_info(info)
+        self._stale_groups.discard(group_id)
         await self._devices.watch([str(m["username"]) for m in info["members"]])
         return self._gdb.group(group_id)
 
@@ -337,6 +339,7 @@ class GroupsMixin:
                 group = self._gdb.group(group_id)
                 for member in group.members if group is not None else []:
                     self._devices.forget(member.username)
+                self._stale_groups.add(group_id)
                 with self._store.transaction():
                     self._gdb.drop_outbound(group_id)
         raise AssertionError("unreachable")
@@ -344,7 +347,11 @@ class GroupsMixin:
     async def _group_encrypt_once(
         self, group_id: str, message_id: str, payload: dict[str, Any]
     ) -> str:
-        group = await self._refresh_group(group_id)
+        # The member list is kept current by group_changed pushes and by the
+        # catch-up after every connect; a share refused as stale refreshes it.
+        group = self._gdb.group(group_id)
+        if group is None or group_id in self._stale_groups:
+            group = await self._refresh_group(group_id)
         if group is None or not group.active:
             raise ClientError("you are no longer a member of this group")
         targets = await self._member_devices(group)

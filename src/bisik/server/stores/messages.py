@@ -7,6 +7,7 @@ from sqlalchemy import delete, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bisik.server.stores._batch import Batcher
 from bisik.server.stores.schema import devices, envelopes, messages, users
 
 
@@ -43,6 +44,7 @@ class StoredMessage:
 class MessageStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        self._acks: Batcher[tuple[int, list[int]], tuple[int, list[int]]] = Batcher(self._ack_batch)
 
     async def store(
         self,
@@ -161,25 +163,34 @@ class MessageStore:
         """Delete acknowledged envelopes of this device.
 
         Returns ``(deleted, foreign)``: ``foreign`` lists ids that exist but are
-        addressed to another device (nothing is deleted then).
+        addressed to another device (nothing is deleted then). Acks from many
+        devices at once are written in one transaction (see ``Batcher``).
         """
+        return await self._acks.submit((recipient_pk, list(ids)))
+
+    async def _ack_batch(self, batch: list[tuple[int, list[int]]]) -> list[tuple[int, list[int]]]:
+        wanted = sorted({i for _, ids in batch for i in ids})
         async with self._engine.begin() as conn:
-            foreign = list(
-                (
+            owners = {
+                int(i): int(pk)
+                for i, pk in (
                     await conn.execute(
-                        select(envelopes.c.id).where(
-                            envelopes.c.id.in_(list(ids)),
-                            envelopes.c.recipient_device_pk != recipient_pk,
+                        select(envelopes.c.id, envelopes.c.recipient_device_pk).where(
+                            envelopes.c.id.in_(wanted)
                         )
                     )
-                ).scalars()
-            )
-            if foreign:
-                return 0, [int(i) for i in foreign]
-            result = await conn.execute(
-                delete(envelopes).where(
-                    envelopes.c.id.in_(list(ids)),
-                    envelopes.c.recipient_device_pk == recipient_pk,
-                )
-            )
-            return int(result.rowcount), []
+                ).all()
+            }
+            results: list[tuple[int, list[int]]] = []
+            deletable: list[int] = []
+            for recipient_pk, ids in batch:
+                foreign = [i for i in ids if owners.get(i, recipient_pk) != recipient_pk]
+                if foreign:
+                    results.append((0, foreign))
+                    continue
+                mine = {i for i in ids if i in owners}
+                deletable += mine
+                results.append((len(mine), []))
+            if deletable:
+                await conn.execute(delete(envelopes).where(envelopes.c.id.in_(deletable)))
+        return results
