@@ -24,8 +24,8 @@ from tests.conftest import ClientFactory, RunningServer, next_event
 from tests.integration.test_devices import link
 
 
-async def linked(existing: Client, home: Path) -> Client:
-    device = await link(existing, home)
+async def linked(existing: Client, home: Path, history_days: int = 30) -> Client:
+    device = await link(existing, home, history_days=history_days)
     await device.connect()
     await asyncio.wait_for(device.synced.wait(), 10)
     return device
@@ -352,4 +352,29 @@ async def test_revoked_device_rotates_the_session(
     second = alice._gdb.outbound(group.group_id)
     assert second is not None and second.session_id != first.session_id
     assert len(second.shared_with) == 1
+    await phone.close()
+
+
+async def test_new_device_of_a_member_reads_from_when_it_was_added(
+    make_client: ClientFactory, server: RunningServer, tmp_path: Path
+) -> None:
+    alice = await make_client("alice")
+    bob = await make_client("bob")
+    group = await alice.create_group("Devices", ["bob"])
+    await sent(alice, "#Devices", "before bob's phone existed")
+    old_message = await last_group_message(server, group.group_id)
+    await asyncio.sleep(0.01)  # the phone is added strictly later
+    # No history handed over by the linking: the phone starts empty.
+    phone = await linked(bob, tmp_path / "bob-phone", history_days=0)
+    p_in = phone.subscribe()
+    await asyncio.sleep(0.3)  # alice hears of bob's new device
+    await sent(alice, "#Devices", "hello phone")
+    assert await group_bodies(p_in, 1) == ["hello phone"]
+
+    await deliver_copy(server, old_message, phone)
+    await next_event(p_in, MessageWaiting)
+    await until(lambda: alice.group_stats["key_requests_refused"] == 1)
+    assert phone.waiting_count() == 1
+    assert [m.body for m in phone.history("#Devices")] == ["hello phone"]
+    assert phone.group(group.group_id).name == "Devices"  # told with the key share
     await phone.close()

@@ -443,11 +443,15 @@ class GroupsMixin:
         self, group_id: str, session: MegolmOutbound, devices: list[StoredDevice]
     ) -> list[StoredDevice]:
         """Send our session key over Olm; returns the devices it went to."""
+        group = self._gdb.group(group_id)
         key = RoomKeyContent(
             group_id=group_id,
             session_id=session.session_id,
             key=session.session_key(),
             owner=self._stamp(),
+            meta=GroupMeta(name=group.name, description=group.description)
+            if group is not None and group.name
+            else None,
         )
         return await self._send_olm_control(group_id, devices, "room_key", room_key=key)
 
@@ -642,6 +646,9 @@ class GroupsMixin:
                 raise GroupRejected("a room key for a session someone else owns")
             if existing.first_index <= session.first_known_index:
                 return shared.session_id
+        known_group = self._gdb.group(shared.group_id)
+        if shared.meta is not None and (known_group is None or not known_group.name):
+            self._gdb.set_meta(shared.group_id, shared.meta.name, shared.meta.description, _now())
         self._gdb.save_inbound(
             Inbound(
                 shared.session_id,
@@ -717,14 +724,20 @@ class GroupsMixin:
         if time.monotonic() - self._key_answers.get(slot, 0.0) < 5.0:
             return
         self._key_answers[slot] = time.monotonic()
-        group = await self._refresh_group(request.group_id)
-        member = group.member(device.username) if group is not None and group.active else None
-        allowed = (
-            None
-            if member is None
-            else self._gdb.first_sent_since(request.session_id, member.added_at)
-        )
-        if member is None or allowed is None or request.index < allowed:
+        # The server attests since when the device may read: the later of its
+        # user joining the group and the device being added to the account.
+        since = (
+            await self._transport.call(
+                "group_device",
+                {
+                    "group_id": request.group_id,
+                    "username": device.username,
+                    "device_id": device.device_id,
+                },
+            )
+        )["readable_from"]
+        allowed = None if since is None else self._gdb.first_sent_since(request.session_id, since)
+        if allowed is None or request.index < allowed:
             self.group_stats["key_requests_refused"] += 1
             log.warning(
                 "refusing %s/%s a group key: not a member when the message was sent",

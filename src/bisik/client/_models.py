@@ -227,6 +227,12 @@ class ReceiptContent(BaseModel):
     conversation: str
 
 
+class GroupMeta(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    name: str = Field(min_length=1, max_length=100)
+    description: str = Field(default="", max_length=1000)
+
+
 class RoomKeyContent(BaseModel):
     """A Megolm session key, shared over Olm. ``owner`` is the device whose
     session it is (the Olm sender, or, for a forwarded key, another device of
@@ -238,6 +244,9 @@ class RoomKeyContent(BaseModel):
     key: str = Field(max_length=4096)
     exported: bool = False
     owner: DeviceStamp
+    # The group's name, for devices that joined after it was last sent
+    # (used only while a device knows no name for the group).
+    meta: GroupMeta | None = None
 
 
 class KeyRequestContent(BaseModel):
@@ -245,12 +254,6 @@ class KeyRequestContent(BaseModel):
     group_id: str = Field(max_length=64)
     session_id: str = Field(max_length=64)
     index: int = Field(ge=0, le=2**32)
-
-
-class GroupMeta(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
-    name: str = Field(min_length=1, max_length=100)
-    description: str = Field(default="", max_length=1000)
 
 
 class GroupPlaintext(BaseModel):

@@ -1,5 +1,6 @@
 """Wire schemas shared by the server and the client (protocol version 1)."""
 
+from bisik.proto._blobs import MAX_BLOB_BYTES, BlobCreate, BlobId, BlobStatus, BlobUsage
 from bisik.proto._errors import ErrorCode, ProtocolError
 from bisik.proto._models import (
     MAX_BACKUP_BYTES,
@@ -28,6 +29,8 @@ from bisik.proto._models import (
     GroupAdd,
     GroupChange,
     GroupCreate,
+    GroupDeviceInfo,
+    GroupDeviceQuery,
     GroupInfo,
     GroupList,
     GroupMember,
@@ -69,6 +72,7 @@ from bisik.proto._models import (
 
 __all__ = [
     "MAX_BACKUP_BYTES",
+    "MAX_BLOB_BYTES",
     "MAX_GROUP_MEMBERS",
     "MAX_RENDEZVOUS_BODY",
     "PROTOCOL_VERSION",
@@ -79,6 +83,10 @@ __all__ = [
     "BackupChallengeRequest",
     "BackupFetchRequest",
     "BackupPut",
+    "BlobCreate",
+    "BlobId",
+    "BlobStatus",
+    "BlobUsage",
     "ChallengeRequest",
     "ChallengeResponse",
     "ClaimRequest",
@@ -95,6 +103,8 @@ __all__ = [
     "GroupAdd",
     "GroupChange",
     "GroupCreate",
+    "GroupDeviceInfo",
+    "GroupDeviceQuery",
     "GroupInfo",
     "GroupList",
     "GroupMember",

@@ -27,6 +27,12 @@ class ErrorCode(StrEnum):
     NOT_A_MEMBER = "not_a_member"
     NOT_AN_ADMIN = "not_an_admin"
     TOO_MANY_MEMBERS = "too_many_members"
+    BLOB_NOT_FOUND = "blob_not_found"
+    BLOB_TOO_LARGE = "blob_too_large"
+    BLOB_INCOMPLETE = "blob_incomplete"
+    QUOTA_EXCEEDED = "quota_exceeded"
+    OFFSET_MISMATCH = "offset_mismatch"
+    NOT_YOUR_UPLOAD = "not_your_upload"
     INTERNAL = "internal"
 
 
@@ -52,6 +58,12 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.NOT_A_MEMBER: 403,
     ErrorCode.NOT_AN_ADMIN: 403,
     ErrorCode.TOO_MANY_MEMBERS: 400,
+    ErrorCode.BLOB_NOT_FOUND: 404,
+    ErrorCode.BLOB_TOO_LARGE: 413,
+    ErrorCode.BLOB_INCOMPLETE: 409,
+    ErrorCode.QUOTA_EXCEEDED: 403,
+    ErrorCode.OFFSET_MISMATCH: 409,
+    ErrorCode.NOT_YOUR_UPLOAD: 403,
     ErrorCode.INTERNAL: 500,
 }
 

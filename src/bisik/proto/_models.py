@@ -432,6 +432,19 @@ class GroupChange(_Model):
     usernames: list[str]
 
 
+class GroupDeviceQuery(_Model):
+    group_id: GroupId
+    username: Username
+    device_id: DeviceId
+
+
+class GroupDeviceInfo(_Model):
+    """Since when a device may read the group: the later of its user joining and
+    the device being added (``None``: not a current member's device)."""
+
+    readable_from: int | None
+
+
 class GroupSend(_Model):
     """One Megolm ciphertext for the whole group; the server fans it out to
     every current device of every member but the sending device."""

@@ -17,6 +17,8 @@ from bisik.proto import (
     GroupAdd,
     GroupChange,
     GroupCreate,
+    GroupDeviceInfo,
+    GroupDeviceQuery,
     GroupInfo,
     GroupList,
     GroupMember,
@@ -179,6 +181,13 @@ class GroupsHandler:
                 ErrorCode.NOT_A_MEMBER,
                 f"not in this group: {', '.join(u[:32] for u in outsiders[:5])}",
             )
+
+    async def device(self, device: DeviceRow, req: GroupDeviceQuery) -> GroupDeviceInfo:
+        """For a member answering a key request: since when the requester may read."""
+        await self.require_member(device, req.group_id)
+        return GroupDeviceInfo(
+            readable_from=await self._store.readable_from(req.group_id, req.username, req.device_id)
+        )
 
     async def member_devices(self, group_id: str) -> list[int]:
         return await self._store.member_devices(group_id)

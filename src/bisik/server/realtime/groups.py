@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from bisik.proto import GroupAdd, GroupCreate, GroupMemberRef, GroupRef, GroupSend
+from bisik.proto import (
+    GroupAdd,
+    GroupCreate,
+    GroupDeviceQuery,
+    GroupMemberRef,
+    GroupRef,
+    GroupSend,
+)
 from bisik.server.realtime._base import ConcernBase, Connection, EventHandler
 from bisik.server.rest._util import parse_model
 
@@ -21,6 +28,7 @@ class GroupsConcern(ConcernBase):
             "group_leave": self.leave,
             "group_promote": self.promote,
             "group_send": self.send,
+            "group_device": self.device,
         }
 
     async def create(self, conn: Connection, data: Any) -> dict[str, Any]:
@@ -49,6 +57,10 @@ class GroupsConcern(ConcernBase):
     async def promote(self, conn: Connection, data: Any) -> dict[str, Any]:
         req = parse_model(GroupMemberRef, data)
         return (await self.services.groups.promote(conn.device, req)).model_dump()
+
+    async def device(self, conn: Connection, data: Any) -> dict[str, Any]:
+        req = parse_model(GroupDeviceQuery, data)
+        return (await self.services.groups.device(conn.device, req)).model_dump()
 
     async def send(self, conn: Connection, data: Any) -> dict[str, Any]:
         req = parse_model(GroupSend, data)

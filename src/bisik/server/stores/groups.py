@@ -146,6 +146,24 @@ class GroupStore:
             )
             return {int(pk) for pk in rows.scalars()}
 
+    async def readable_from(self, group_id: str, username: str, device_id: str) -> int | None:
+        """When a current member's current device could start reading the group."""
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(group_members.c.added_at, devices.c.created_at)
+                    .join_from(devices, users, devices.c.user_id == users.c.id)
+                    .join(group_members, group_members.c.user_id == users.c.id)
+                    .where(
+                        group_members.c.group_id == group_id,
+                        users.c.username == username,
+                        devices.c.device_id == device_id,
+                        devices.c.revoked_at.is_(None),
+                    )
+                )
+            ).first()
+        return None if row is None else max(int(row[0]), int(row[1]))
+
     async def member_devices(self, group_id: str) -> list[int]:
         """Primary keys of every current device of every member."""
         async with self._engine.connect() as conn:
