@@ -25,9 +25,12 @@ class Output:
         peer = message.conversation.removeprefix("@")
         arrow = f"{message.sender} -> {peer}" if message.direction == "out" else message.sender
         status = "" if message.state in ("received", "sent") else f" [{message.state}]"
-        self.emit(
-            {"event": event, **message.to_json()}, f"[{when}] {arrow}: {message.body}{status}"
-        )
+        body = message.body
+        if message.attachment is not None:
+            a = message.attachment
+            dims = f", {a.width}x{a.height}" if a.width and a.height else ""
+            body = f"[{a.kind}: {a.name}, {a.size:,} bytes{dims}; id {message.id}] {body}"
+        self.emit({"event": event, **message.to_json()}, f"[{when}] {arrow}: {body}{status}")
 
     def error(self, code: str, text: str) -> None:
         if self.as_json:

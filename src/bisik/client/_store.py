@@ -20,7 +20,7 @@ import sqlcipher3
 from bisik.client._errors import ProfileError
 from bisik.client._models import Message
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 5
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -80,6 +80,16 @@ CREATE TABLE IF NOT EXISTS receipts (
     at INTEGER NOT NULL,
     PRIMARY KEY (message_id, username, device_id, kind)
 );
+-- v5: attachments of messages (the E2EE metadata, with the file key) and
+-- where each was saved on this device.
+CREATE TABLE IF NOT EXISTS attachments (
+    sender TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    info TEXT NOT NULL,
+    local_path TEXT,
+    PRIMARY KEY (sender, message_id)
+);
+CREATE INDEX IF NOT EXISTS attachments_message ON attachments (message_id);
 CREATE TABLE IF NOT EXISTS processed_envelopes (
     envelope_key TEXT PRIMARY KEY,
     outcome TEXT NOT NULL,
@@ -475,3 +485,48 @@ class LocalStore:
             (rowid, limit),
         ).fetchall()
         return [tuple(r) for r in rows]
+
+    # -- attachments ----------------------------------------------------------------
+
+    def put_attachment(
+        self, sender: str, message_id: str, info: str, local_path: str | None
+    ) -> None:
+        self._exec(
+            "INSERT OR IGNORE INTO attachments (sender, message_id, info, local_path) "
+            "VALUES (?, ?, ?, ?)",
+            (sender, message_id, info, local_path),
+        )
+
+    def attachment(self, message_id: str) -> tuple[str, str | None] | None:
+        """``(info JSON, local path)`` of a message's attachment."""
+        row = self._exec(
+            "SELECT info, local_path FROM attachments WHERE message_id = ? LIMIT 1",
+            (message_id,),
+        ).fetchone()
+        return (str(row[0]), row[1]) if row else None
+
+    def attachment_owner(self, message_id: str) -> str | None:
+        row = self._exec(
+            "SELECT sender FROM attachments WHERE message_id = ? LIMIT 1", (message_id,)
+        ).fetchone()
+        return str(row[0]) if row else None
+
+    def attachments_of(self, keys: list[tuple[str, str]]) -> dict[str, str]:
+        """``message_id -> info JSON`` for those of ``(sender, id)`` that have one."""
+        found: dict[str, str] = {}
+        for sender, message_id in keys:
+            row = self._exec(
+                "SELECT info FROM attachments WHERE sender = ? AND message_id = ?",
+                (sender, message_id),
+            ).fetchone()
+            if row:
+                found[message_id] = str(row[0])
+        return found
+
+    def set_attachment_path(self, message_id: str, local_path: str) -> None:
+        self._exec(
+            "UPDATE attachments SET local_path = ? WHERE message_id = ?", (local_path, message_id)
+        )
+
+    def forget_attachment(self, message_id: str) -> None:
+        self._exec("DELETE FROM attachments WHERE message_id = ?", (message_id,))

@@ -76,11 +76,15 @@ def create_app(config: ServerConfig) -> Any:
             # A lone process: no socket survived the restart.
             await services.presence_store.reset_online()
         log.info("database ready")
+        blob_gc = asyncio.create_task(services.blobs.run_gc())
         try:
             yield
         finally:
+            blob_gc.cancel()
+            await asyncio.gather(blob_gc, return_exceptions=True)
             await sio.shutdown()
             await services.push.close()
+            await services.blobs.close()
             if manager is not None:
                 await _close_redis_manager(manager)
             await engine.dispose()

@@ -31,6 +31,24 @@ class ServerConfig:
     push_contact: str = "mailto:admin@localhost"
     # Allow push endpoints on loopback/private addresses (tests, closed networks).
     push_allow_private: bool = False
+    # Attachments (ciphertext blobs): a local directory (default: data_dir/blobs),
+    # or an S3-compatible bucket when ``s3_bucket`` is set (credentials from the
+    # usual AWS_* environment variables).
+    blob_dir: Path | None = None
+    s3_bucket: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    # Largest blob: a 2 GiB file plus the cipher's tags (16 bytes per 64 KiB).
+    max_blob_bytes: int = 2 * 1024**3 + 1024**2
+    # What one account may store at once, uploads in progress included.
+    blob_quota_bytes: int = 10 * 1024**3
+    # Upload part size: the unit of resumption (and of S3 multipart, >= 5 MiB there).
+    blob_part_bytes: int = 8 * 1024**2
+    # Blobs are deleted this long after their upload completed (like Signal's 30 days);
+    # unfinished uploads after ``upload_ttl_s``.
+    blob_ttl_s: int = 30 * 24 * 3600
+    upload_ttl_s: int = 24 * 3600
+    blob_gc_interval_s: float = 600.0
 
     @property
     def resolved_database_url(self) -> str:

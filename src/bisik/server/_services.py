@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bisik.server._blobs import backend_for
 from bisik.server._config import ServerConfig
 from bisik.server.handlers import (
     AccountsHandler,
@@ -13,6 +14,7 @@ from bisik.server.handlers import (
     Notifier,
 )
 from bisik.server.handlers.backups import BackupsHandler
+from bisik.server.handlers.blobs import BlobsHandler
 from bisik.server.handlers.devices import DevicesHandler
 from bisik.server.handlers.groups import GroupsHandler
 from bisik.server.handlers.presence import PresenceHandler
@@ -20,6 +22,7 @@ from bisik.server.handlers.push import PushHandler
 from bisik.server.handlers.rendezvous import RendezvousHandler
 from bisik.server.stores import AccountStore, AuthStore, KeyStore, MessageStore
 from bisik.server.stores.backups import BackupStore
+from bisik.server.stores.blobs import BlobStore
 from bisik.server.stores.groups import GroupStore
 from bisik.server.stores.presence import PresenceStore
 from bisik.server.stores.push import PushStore
@@ -43,6 +46,7 @@ class Services:
     presence: PresenceHandler
     push: PushHandler
     presence_store: PresenceStore
+    blobs: BlobsHandler
     groups: GroupsHandler
 
     @classmethod
@@ -53,6 +57,7 @@ class Services:
         push = PushHandler(config, PushStore(engine))
         backups = BackupsHandler(BackupStore(engine))
         groups = GroupsHandler(GroupStore(engine), notifier.group_changed)
+        blobs = BlobsHandler(config, BlobStore(engine), backend_for(config))
         return cls(
             config=config,
             engine=engine,
@@ -69,5 +74,6 @@ class Services:
             presence=presence,
             push=push,
             presence_store=presence_store,
+            blobs=blobs,
             groups=groups,
         )

@@ -24,7 +24,7 @@ from bisik.proto import (
     TokenResponse,
     UploadKeysRequest,
 )
-from bisik.server.rest import backups, devices, rendezvous
+from bisik.server.rest import backups, blobs, devices, rendezvous
 from bisik.server.rest._util import ApiRoute, authenticated, endpoint, read_body, services
 
 
@@ -107,6 +107,7 @@ _API: list[ApiRoute] = [
     *devices.API,
     *rendezvous.API,
     *backups.API,
+    *blobs.API,
 ]
 
 
@@ -161,5 +162,6 @@ async def openapi_endpoint(request: Request) -> Response:
 
 def build_routes() -> list[Route]:
     routes = [Route(path, fn, methods=[method]) for method, path, fn, *_ in _API]
+    routes += blobs.RAW_ROUTES
     routes.append(Route("/v1/openapi.json", openapi_endpoint, methods=["GET"]))
     return routes
