@@ -19,8 +19,8 @@ from bisik.client import (
     MessageWaiting,
 )
 from bisik.proto import ErrorCode, ProtocolError
-from bisik.server.stores.schema import devices, envelopes, messages
-from tests.conftest import ClientFactory, RunningServer, next_event
+from bisik.server.stores.schema import devices, envelopes, messages, users
+from tests.conftest import ClientFactory, RunningServer, next_event, record_group_stats
 from tests.integration.test_devices import link
 
 
@@ -147,7 +147,9 @@ async def test_several_devices_per_user(make_client: ClientFactory, tmp_path: Pa
     await sent(bob_laptop, "#Family", "coming")
     assert await group_bodies(a_in, 1) == ["coming"]
     assert await group_bodies(inboxes[1], 1) == ["coming"]  # bob's other device
+    record_group_stats(alice_laptop)
     await alice_laptop.close()
+    record_group_stats(bob_laptop)
     await bob_laptop.close()
 
 
@@ -352,6 +354,7 @@ async def test_revoked_device_rotates_the_session(
     second = alice._gdb.outbound(group.group_id)
     assert second is not None and second.session_id != first.session_id
     assert len(second.shared_with) == 1
+    record_group_stats(phone)
     await phone.close()
 
 
@@ -377,4 +380,32 @@ async def test_new_device_of_a_member_reads_from_when_it_was_added(
     assert phone.waiting_count() == 1
     assert [m.body for m in phone.history("#Devices")] == ["hello phone"]
     assert phone.group(group.group_id).name == "Devices"  # told with the key share
+    record_group_stats(phone)
     await phone.close()
+
+
+async def test_a_thousand_members_and_no_more(
+    make_client: ClientFactory, server: RunningServer
+) -> None:
+    alice = await make_client("alice")
+    names = [f"user{i:04d}" for i in range(1000)]
+    async with server.services.engine.begin() as conn:
+        await conn.execute(
+            insert(users),
+            [{"username": n, "identity_key": "A" * 43, "created_at": 0} for n in names],
+        )
+    info = await alice._transport.call("group_create", {"members": names[:999]})
+    assert len(info["members"]) == 1000
+    with pytest.raises(ProtocolError) as refused:
+        await alice._transport.call(
+            "group_add", {"group_id": info["group_id"], "usernames": [names[999]]}
+        )
+    assert refused.value.code == ErrorCode.TOO_MANY_MEMBERS
+    with pytest.raises(ProtocolError) as refused:
+        await alice._transport.call("group_create", {"members": names})
+    assert refused.value.code == ErrorCode.BAD_REQUEST
+    with pytest.raises(ProtocolError) as refused:
+        await alice._transport.call("group_create", {"members": ["nobody-here"]})
+    assert refused.value.code == ErrorCode.UNKNOWN_USER
+    listed = await alice._transport.call("group_list", {})
+    assert [g["group_id"] for g in listed["groups"]] == [info["group_id"]]

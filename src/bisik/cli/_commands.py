@@ -12,7 +12,9 @@ from bisik.cli._output import Output
 from bisik.client import (
     Client,
     ClientError,
+    GroupChanged,
     MessageReceived,
+    MessageWaiting,
     NotConnected,
     PresenceChanged,
     ProtocolError,
@@ -238,6 +240,36 @@ def show_signal(out: Output, event: object) -> None:
         out.emit(
             {"event": "typing", "user": event.username, "typing": event.typing},
             f"({event.username} is typing...)" if event.typing else f"({event.username} stopped)",
+        )
+    elif isinstance(event, GroupChanged):
+        who = ", ".join(event.usernames)
+        text = {
+            "created": f"{event.actor} created the group with {who}",
+            "added": f"{event.actor} added {who}",
+            "removed": f"{event.actor} removed {who}",
+            "left": f"{event.actor} left",
+            "promoted": f"{event.actor} made {who} admin",
+            "renamed": f"{event.actor} renamed the group to {who}",
+        }.get(event.kind, f"group changed ({event.kind})")
+        out.emit(
+            {
+                "event": "group_changed",
+                "group_id": event.group_id,
+                "kind": event.kind,
+                "actor": event.actor,
+                "users": event.usernames,
+            },
+            f"(#{event.group_id}: {text})",
+        )
+    elif isinstance(event, MessageWaiting):
+        out.emit(
+            {
+                "event": "waiting_for_key",
+                "conversation": event.conversation,
+                "user": event.sender,
+                "device_id": event.sender_device,
+            },
+            f"({event.sender} sent a message to {event.conversation}; waiting for its key)",
         )
     elif isinstance(event, PresenceChanged):
         state = "online" if event.online else "offline"

@@ -93,6 +93,7 @@ class GroupsMixin:
         self._key_answers: dict[tuple[str, str, str], float] = {}
         # How often the "waiting for key" path ran, for tests and the closing report.
         self.group_stats = {
+            "received": 0,
             "waiting": 0,
             "key_requests_sent": 0,
             "key_requests_answered": 0,
@@ -603,6 +604,7 @@ class GroupsMixin:
                 )
                 if self._store.insert_message(message):
                     events.append(MessageReceived(message))
+        self.group_stats["received"] += 1
         for event in events:
             self._emit(event)
         return "received"
