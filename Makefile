@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint bench server clean
+.PHONY: install demo test lint bench fuzz server clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,8 @@ demo: install
 	$(BIN)/bisik demo
 
 lint: install
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench fuzz
+	$(BIN)/ruff format --check src tests bench fuzz
 	$(BIN)/mypy src
 
 test: lint
@@ -26,6 +26,10 @@ test: lint
 
 bench: install
 	$(BIN)/python bench/run_all.py
+
+# Hostile-input suite with many more examples than CI runs (EXAMPLES=... to change).
+fuzz: install
+	$(BIN)/python fuzz/run.py --examples $(or $(EXAMPLES),2000)
 
 server: install
 	$(BIN)/bisik server --data bisik-data

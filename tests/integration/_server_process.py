@@ -57,11 +57,18 @@ class ServerProcess:
             while True:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"server exited with {self.proc.returncode}; see {self.log}")
+                # Our process is past its migrations (it logs this right before it
+                # binds) and something answers on the port...
+                ready = self.log.read_text(errors="replace").count("database ready")
                 try:
-                    if (await http.get(f"{self.url}/v1/health")).status_code == 200:
-                        return
+                    healthy = (await http.get(f"{self.url}/v1/health")).status_code == 200
                 except httpx.TransportError:
-                    pass
+                    healthy = False
+                if ready >= self.starts and healthy:
+                    # ... and it is ours: a process that lost the port exits at once.
+                    await asyncio.sleep(0.2)
+                    if self.proc.poll() is None:
+                        return
                 await asyncio.sleep(0.05)
 
     def kill(self) -> None:

@@ -485,7 +485,7 @@ async def test_cross_process_delivery_recovers_after_a_redis_restart(tmp_path: P
                 finally:
                     await start_redis(port)
                 await asyncio.sleep(rng.uniform(0.3, 1.0))
-            await wait_converged(devices, timeout=30)
+            await wait_converged(devices, timeout=60)
             check_delivery(devices)
     finally:
         if not redis_alive(port):
