@@ -59,6 +59,14 @@ async def received_attachment(inbox: asyncio.Queue[Any]) -> Any:
             return event.message
 
 
+async def reconnected(client: Client) -> None:
+    """Wait for a client's socket to be back after a cut, so that closing it does
+    not race its reconnect (Engine.IO leaks the HTTP session of a cut-short one)."""
+    async with asyncio.timeout(20):
+        while not client.connected:
+            await asyncio.sleep(0.05)
+
+
 def jpeg_with_exif(path: Path) -> None:
     image = Image.new("RGB", (64, 48), (10, 120, 200))
     for x in range(32):
@@ -203,6 +211,8 @@ class CuttingProxy:
             self._conns -= {writer, up_writer}
 
 
+# Tests take this fixture before ``make_client``: clients close before their proxy
+# goes, or a reconnect attempt through the dead proxy would leak its HTTP session.
 @pytest.fixture
 async def cutting_proxy(server: RunningServer) -> AsyncIterator[Callable[[int], Awaitable[Any]]]:
     proxies: list[CuttingProxy] = []
@@ -219,9 +229,9 @@ async def cutting_proxy(server: RunningServer) -> AsyncIterator[Callable[[int], 
 
 
 async def test_large_file_resumes_after_a_cut_connection(
-    make_client: ClientFactory,
     server: RunningServer,
     cutting_proxy: Callable[[int], Awaitable[CuttingProxy]],
+    make_client: ClientFactory,
     tmp_path: Path,
 ) -> None:
     size = 200 * MiB + 12345
@@ -245,12 +255,13 @@ async def test_large_file_resumes_after_a_cut_connection(
     out = await bob.download_attachment(got.id, tmp_path / "big-copy.bin")
     assert sha256_file(out) == expected
     assert not [p for p in out.parent.iterdir() if p.name.endswith(".part")]
+    await reconnected(alice)
 
 
 async def test_download_resumes_after_a_cut_connection(
-    make_client: ClientFactory,
     server: RunningServer,
     cutting_proxy: Callable[[int], Awaitable[CuttingProxy]],
+    make_client: ClientFactory,
     tmp_path: Path,
 ) -> None:
     src = tmp_path / "medium.bin"
@@ -276,6 +287,7 @@ async def test_download_resumes_after_a_cut_connection(
     assert proxy.cuts == 1
     assert sha256_file(out) == expected
     assert seen == sorted(seen)
+    await reconnected(bob)
 
 
 async def test_corrupted_swapped_or_truncated_blob_is_rejected(
@@ -546,6 +558,7 @@ async def test_s3_backend_round_trip_resume_and_delete(
 
         out = await alice.download_attachment(sent.id, tmp_path / "back.bin")
         assert sha256_file(out) == expected
+        await reconnected(alice)
 
         await alice.delete_attachment(sent.id)
         listed = s3.list_objects_v2(Bucket="bisik-test", Prefix="blobs/")
