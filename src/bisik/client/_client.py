@@ -70,6 +70,10 @@ log = logging.getLogger("bisik.client")
 MAX_TEXT_BYTES = 16 * 1024
 
 
+# Seconds before a send the server refused as over its rate is tried again.
+RATE_LIMIT_RETRY_S = 1.0
+
+
 def _now() -> int:
     return int(time.time() * 1000)
 
@@ -638,6 +642,11 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin):
                         self._store.remove_outbox(item.message_id)
                     continue
             except ProtocolError as exc:
+                if exc.code == ErrorCode.RATE_LIMITED:
+                    # Over the server's message rate: kept, in order, and tried again soon.
+                    loop = asyncio.get_running_loop()
+                    loop.call_later(RATE_LIMIT_RETRY_S, self._queue.put_nowait, ("flush", None))
+                    return
                 if exc.code == ErrorCode.INTERNAL:
                     # The server may have stored it; the same id is safe to resend.
                     raise NotConnected(f"server error while sending: {exc.message}") from exc

@@ -33,6 +33,8 @@ class ErrorCode(StrEnum):
     QUOTA_EXCEEDED = "quota_exceeded"
     OFFSET_MISMATCH = "offset_mismatch"
     NOT_YOUR_UPLOAD = "not_your_upload"
+    RATE_LIMITED = "rate_limited"
+    TOO_MANY_CONNECTIONS = "too_many_connections"
     INTERNAL = "internal"
 
 
@@ -64,6 +66,8 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.QUOTA_EXCEEDED: 403,
     ErrorCode.OFFSET_MISMATCH: 409,
     ErrorCode.NOT_YOUR_UPLOAD: 403,
+    ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.TOO_MANY_CONNECTIONS: 429,
     ErrorCode.INTERNAL: 500,
 }
 

@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException
 
 from bisik.server._config import ServerConfig
 from bisik.server._db import create_engine, migrate
+from bisik.server._limits import RateLimitMiddleware
 from bisik.server._services import Services
 from bisik.server.realtime import BisikNamespace, SocketNotifier, SocketServer
 from bisik.server.realtime._redis import RecoveringRedisManager
@@ -97,4 +98,6 @@ def create_app(config: ServerConfig) -> Any:
     http.state.services = services
     http.state.sio = sio
     http.state.namespace = namespace
-    return socketio.ASGIApp(sio, other_asgi_app=http, socketio_path="socket.io")
+    return socketio.ASGIApp(
+        sio, other_asgi_app=RateLimitMiddleware(http, namespace.limits), socketio_path="socket.io"
+    )

@@ -26,6 +26,13 @@ class ServerConfig:
     # Engine.IO heartbeat: a socket that answers no ping within interval + timeout is closed.
     ping_interval_s: float = 25.0
     ping_timeout_s: float = 20.0
+    # Abuse limits (see _limits.py), per server process; these networks are exempt.
+    rate_limit_exempt: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    registrations_per_ip_per_min: int = 10
+    sign_ins_per_ip_per_min: int = 120
+    messages_per_device_per_s: float = 20.0
+    message_burst: int = 200
+    max_connections_per_ip: int = 200
     # Web Push: at most one push per device in this many seconds.
     push_interval_s: int = 30
     push_contact: str = "mailto:admin@localhost"

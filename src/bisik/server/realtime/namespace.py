@@ -14,6 +14,7 @@ from typing import Any
 import socketio
 
 from bisik.proto import Envelope, ErrorCode, GroupChange, PresenceInfo, ProtocolError
+from bisik.server._limits import Limits, client_ip
 from bisik.server._services import Services
 from bisik.server.realtime._base import Connection, EventHandler
 from bisik.server.realtime.auth import AuthConcern
@@ -28,6 +29,9 @@ log = logging.getLogger("bisik.server.realtime")
 
 # How stale a socket's "device not revoked" check may get (see _still_valid).
 REVALIDATE_S = 5.0
+
+# Events that count against a device's message rate (Limits.message).
+MESSAGE_EVENTS = frozenset({"send", "group_send"})
 
 
 def device_room(device_pk: int) -> str:
@@ -99,6 +103,8 @@ class BisikNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             self._handlers.update(concern.events())
         self._devices: dict[str, DeviceRow] = {}
         self._validated: dict[str, float] = {}
+        self.limits = Limits(services.config)
+        self._ips: dict[str, str | None] = {}
 
     async def trigger_event(self, event: Any, *args: Any) -> Any:
         sid = args[0]
@@ -109,8 +115,8 @@ class BisikNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             sid, self.namespace
         ):
             if event == "connect":
-                sid, _environ, auth = (*args, None)[:3]
-                return await self._connect(sid, auth)
+                sid, environ, auth = (*args, None)[:3]
+                return await self._connect(sid, auth, environ)
             return await self._disconnect(sid)
         data = args[1] if len(args) > 1 else None
         device = self._devices.get(sid)
@@ -126,6 +132,8 @@ class BisikNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         if len(args) > 2:
             return _error(ErrorCode.BAD_REQUEST, "an event takes exactly one payload")
         try:
+            if event in MESSAGE_EVENTS:
+                self.limits.message(device.pk, self._ips.get(sid))
             result = await handler(Connection(sid, device), data)
         except ProtocolError as exc:
             return _error(exc.code, exc.message)
@@ -150,8 +158,21 @@ class BisikNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         self._validated[sid] = now
         return True
 
-    async def _connect(self, sid: str, auth: Any) -> None:
-        device = await self._auth.authenticate(auth)
+    async def _connect(self, sid: str, auth: Any, environ: Any) -> None:
+        scope = environ.get("asgi.scope", {}) if isinstance(environ, dict) else {}
+        ip = client_ip(scope)
+        try:
+            self.limits.open_socket(ip)
+        except ProtocolError as exc:
+            raise socketio.exceptions.ConnectionRefusedError(
+                exc.message, {"code": str(exc.code)}
+            ) from None
+        try:
+            device = await self._auth.authenticate(auth)
+        except BaseException:
+            self.limits.close_socket(ip)
+            raise
+        self._ips[sid] = ip
         self._devices[sid] = device
         self._validated[sid] = time.monotonic()
         await self.enter_room(sid, device_room(device.pk))
@@ -164,6 +185,8 @@ class BisikNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
 
     async def _disconnect(self, sid: str) -> None:
         self._validated.pop(sid, None)
+        if sid in self._ips:
+            self.limits.close_socket(self._ips.pop(sid))
         device = self._devices.pop(sid, None)
         if device is not None:
             await self.presence.on_disconnected(sid, device)

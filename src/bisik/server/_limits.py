@@ -1,0 +1,167 @@
+"""Abuse limits: registrations and sign-ins per IP, messages per device, sockets per IP.
+
+Token buckets kept in memory by each server process (with several processes,
+each one counts what reaches it). Addresses in ``ServerConfig.rate_limit_exempt``
+(loopback by default: tests, benchmarks, a reverse proxy on the same host that
+does not pass ``X-Forwarded-For``) are never limited. An over-limit request is
+refused with ``rate_limited`` (HTTP 429 with ``Retry-After``), a socket over the
+cap with ``too_many_connections``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+from starlette.responses import JSONResponse
+
+from bisik.proto import ErrorCode, ProtocolError
+from bisik.server._config import ServerConfig
+
+# Buckets kept before full (idle) ones are forgotten.
+MAX_TRACKED = 50_000
+
+
+class RateLimiter:
+    """A token bucket per key: ``burst`` at once, then ``per_s`` a second."""
+
+    def __init__(
+        self, per_s: float, burst: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.per_s = per_s
+        self.burst = max(1, burst)
+        self._clock = clock
+        self._buckets: dict[Any, tuple[float, float]] = {}  # key -> (tokens, at)
+
+    def take(self, key: Any) -> float:
+        """Spend one token; 0 if allowed, else the seconds until one is back."""
+        now = self._clock()
+        tokens, at = self._buckets.get(key, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - at) * self.per_s)
+        if tokens < 1:
+            self._buckets[key] = (tokens, now)
+            return (1 - tokens) / self.per_s if self.per_s > 0 else math.inf
+        self._buckets[key] = (tokens - 1, now)
+        if len(self._buckets) > MAX_TRACKED:
+            self._forget_idle(now)
+        return 0.0
+
+    def _forget_idle(self, now: float) -> None:
+        for key, (tokens, at) in list(self._buckets.items()):
+            if tokens + (now - at) * self.per_s >= self.burst:
+                del self._buckets[key]
+
+
+class RateLimited(ProtocolError):
+    """``rate_limited``, with the seconds until the next attempt may succeed."""
+
+    def __init__(self, what: str, wait: float) -> None:
+        retry = "later" if math.isinf(wait) else f"in {math.ceil(wait)} s"
+        super().__init__(ErrorCode.RATE_LIMITED, f"too many {what}; retry {retry}")
+        self.retry_after = wait
+
+
+class Limits:
+    """Every abuse limit of one server process, from its config."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.exempt = [ipaddress.ip_network(n) for n in config.rate_limit_exempt]
+        minute = 60.0
+        self.registrations = RateLimiter(
+            config.registrations_per_ip_per_min / minute, config.registrations_per_ip_per_min
+        )
+        self.sign_ins = RateLimiter(
+            config.sign_ins_per_ip_per_min / minute, config.sign_ins_per_ip_per_min
+        )
+        self.messages = RateLimiter(config.messages_per_device_per_s, config.message_burst)
+        self.max_sockets = config.max_connections_per_ip
+        self._sockets: dict[str, int] = {}
+
+    def is_exempt(self, ip: str | None) -> bool:
+        if ip is None:
+            return False
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(address in network for network in self.exempt)
+
+    def registration(self, ip: str | None) -> None:
+        """Raises ``ProtocolError(rate_limited)`` past the per-IP registration rate."""
+        if not self.is_exempt(ip) and (wait := self.registrations.take(ip)):
+            raise RateLimited("registrations from this address", wait)
+
+    def sign_in(self, ip: str | None) -> None:
+        """Challenges and tokens (device and backup): past the per-IP rate, refused."""
+        if not self.is_exempt(ip) and (wait := self.sign_ins.take(ip)):
+            raise RateLimited("sign-in attempts from this address", wait)
+
+    def message(self, device_pk: int, ip: str | None) -> None:
+        """One send by a device; past its rate, refused (the client retries later)."""
+        if not self.is_exempt(ip) and (wait := self.messages.take(device_pk)):
+            raise RateLimited("messages from this device", wait)
+
+    def open_socket(self, ip: str | None) -> None:
+        """Count a new socket of ``ip``; raises ``too_many_connections`` over the cap."""
+        if ip is None or self.is_exempt(ip):
+            return
+        if self._sockets.get(ip, 0) >= self.max_sockets:
+            raise ProtocolError(
+                ErrorCode.TOO_MANY_CONNECTIONS,
+                f"this address already has {self.max_sockets} connections open",
+            )
+        self._sockets[ip] = self._sockets.get(ip, 0) + 1
+
+    def close_socket(self, ip: str | None) -> None:
+        if ip is None or ip not in self._sockets:
+            return
+        self._sockets[ip] -= 1
+        if self._sockets[ip] <= 0:
+            del self._sockets[ip]
+
+
+def client_ip(scope: dict[str, Any]) -> str | None:
+    """The peer address of an ASGI scope (uvicorn has applied trusted proxy headers)."""
+    client = scope.get("client")
+    return str(client[0]) if client else None
+
+
+# HTTP requests that count against a per-IP limit: (method, path) -> Limits method.
+_HTTP_LIMITS: dict[tuple[str, str], str] = {
+    ("POST", "/v1/accounts"): "registration",
+    ("POST", "/v1/devices"): "registration",
+    ("POST", "/v1/auth/challenge"): "sign_in",
+    ("POST", "/v1/auth/token"): "sign_in",
+    ("POST", "/v1/backup/challenge"): "sign_in",
+    ("POST", "/v1/backup/fetch"): "sign_in",
+}
+
+
+class RateLimitMiddleware:
+    """ASGI middleware that refuses over-limit HTTP requests before they are read."""
+
+    def __init__(self, app: Any, limits: Limits) -> None:
+        self.app = app
+        self.limits = limits
+
+    @property
+    def state(self) -> Any:
+        """The wrapped app's state (services, namespace), as if unwrapped."""
+        return self.app.state
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            check = _HTTP_LIMITS.get((scope["method"], scope["path"]))
+            if check is not None:
+                try:
+                    getattr(self.limits, check)(client_ip(scope))
+                except RateLimited as exc:
+                    wait = exc.retry_after
+                    headers = {} if math.isinf(wait) else {"Retry-After": str(math.ceil(wait))}
+                    response = JSONResponse(exc.to_body(), exc.http_status, headers=headers)
+                    await response(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
