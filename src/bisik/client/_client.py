@@ -21,6 +21,7 @@ import pydantic
 
 from bisik.client import _profile
 from bisik.client._account import AccountMixin
+from bisik.client._actions import ActionsMixin
 from bisik.client._attachments import AttachmentsMixin
 from bisik.client._devices import DeviceDirectory
 from bisik.client._errors import ClientError, IdentityKeyChanged, NotConnected, ProfileError
@@ -78,7 +79,7 @@ def _now() -> int:
     return int(time.time() * 1000)
 
 
-class Client(AccountMixin, GroupsMixin, AttachmentsMixin):
+class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
     """One device of one account. Open it with ``create_account`` or ``open``.
 
     Use as an async context manager, or call ``close``.
@@ -126,6 +127,7 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin):
         self._backup_dirty = False
         self._backup_at = 0.0
         self._init_groups(profile.pickle_key)
+        self._init_actions()
 
     def __repr__(self) -> str:
         return f"Client({self.username}/{self.device_id} @ {self.server_url})"
@@ -251,6 +253,8 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin):
             await asyncio.wait([self._worker], timeout=5)
             self._worker = None
         self._signals.close()
+        if self._expiry_task is not None:
+            self._expiry_task.cancel()
         await self._transport.aclose()
         self._profile.close()
 
@@ -281,6 +285,7 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin):
         retried in the background instead of raising ``NotConnected``."""
         if self._worker is None:
             self._worker = asyncio.create_task(self._run(), name=f"bisik-worker-{self.username}")
+            self._expiry_task = asyncio.create_task(self._expiry_loop())
         self._emit(ConnectionChanged("connecting"))
         await self._transport.connect(retry=retry, wait_timeout=timeout)
 
@@ -358,6 +363,8 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin):
                     await self._replenish_keys()
                 elif kind == "typing":
                     await self._send_typing(*data)
+                elif kind == "expire":
+                    self.expire_now()
                 elif kind == "group_changed":
                     await self._group_changed(data)
                 elif kind == "key_request_out":
@@ -479,6 +486,17 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin):
                         room_key = self._accept_room_key(content, device)
                     elif content.type == "key_request" and not ephemeral:
                         self._queue.put_nowait(("key_request_in", (content, device)))
+                    elif content.type == "action" and content.action is not None:
+                        if not ephemeral:
+                            mine = content.sender.username == self.username
+                            signals = self._apply_action(
+                                content.action,
+                                sender,
+                                sender_device,
+                                direct_conversation(content.to if mine else sender),
+                                content.sent_at,
+                                content.id,
+                            )
                     else:
                         signals = self._signals.apply(content, sender, sender_device)
                 else:
@@ -497,6 +515,15 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin):
                         attachment=content.attachment,
                     )
                     fresh = self._store.insert_message(message)
+                    if fresh and not self._record_extras(
+                        message,
+                        reply_to=content.reply_to,
+                        expires_in=content.expires_in,
+                        view_once=content.view_once,
+                    ):
+                        # Its time ran out before it reached this device: never shown.
+                        self._forget(message.sender, message.id)
+                        fresh = False
                     if fresh and content.attachment is not None:
                         self._store.put_attachment(
                             sender, content.id, content.attachment.model_dump_json(), None
@@ -556,7 +583,7 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin):
 
     # -- sending ---------------------------------------------------------------
 
-    async def send_text(self, peer: str, text: str) -> Message:
+    async def send_text(self, peer: str, text: str, *, reply_to: str | None = None) -> Message:
         """Queue a text message to ``peer`` and start sending it.
 
         The message is stored locally at once (state ``pending``) and sent as
@@ -565,7 +592,8 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin):
         Raises:
             ProtocolError: ``unknown_user`` if connected and ``peer`` does not exist.
             IdentityKeyChanged: the peer's identity key changed and was not acknowledged.
-        ``peer`` may be a group (``#name`` or ``#id``).
+        ``peer`` may be a group (``#name`` or ``#id``). ``reply_to`` quotes a
+        message by id. A conversation's disappearing timer (``set_timer``) applies.
         """
         if not peer.startswith("#"):
             validate_username(peer)
@@ -573,11 +601,12 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin):
             raise ClientError("cannot send an empty message")
         if len(text.encode()) > MAX_TEXT_BYTES:
             raise ClientError(f"message too long ({MAX_TEXT_BYTES:,} bytes of UTF-8 at most)")
+        extras = self._outgoing_extras(self._conversation_of(peer), reply_to)
         if peer.startswith("#"):
-            return self._queue_group_text(peer, text)
+            return self._queue_group_text(peer, text, extras)
         if self._transport.connected:
             await self._devices.recipient_devices(peer, refresh=False)
-        now = _now()
+        now = self.clock()
         message = Message(
             id=secrets.token_urlsafe(16),
             conversation=direct_conversation(peer),
@@ -592,8 +621,14 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin):
         )
         with self._store.transaction():
             self._store.insert_message(message)
+            self._record_extras(
+                message, reply_to=extras.get("reply_to"), expires_in=extras.get("expires_in")
+            )
             self._store.add_outbox(
-                message.id, message.conversation, {"to": peer, "body": text, "sent_at": now}, now
+                message.id,
+                message.conversation,
+                {"to": peer, "body": text, "sent_at": now, **extras},
+                now,
             )
         self._sent_waiters.setdefault(message.id, asyncio.get_running_loop().create_future())
         self._queue.put_nowait(("flush", None))
@@ -691,7 +726,12 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin):
             with self._store.transaction():
                 self._store.set_outbox_envelopes(item.message_id, envelopes)
         result: dict[str, Any] = await self._transport.call(
-            "send", {"client_message_id": item.message_id, "envelopes": envelopes}
+            "send",
+            {
+                "client_message_id": item.message_id,
+                "envelopes": envelopes,
+                **({"ttl_ms": item.payload["ttl_ms"]} if item.payload.get("ttl_ms") else {}),
+            },
         )
         return result
 
@@ -751,6 +791,10 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin):
                     receipt=payload.get("receipt"),
                     typing=payload.get("typing"),
                     attachment=payload.get("attachment"),
+                    reply_to=payload.get("reply_to"),
+                    expires_in=payload.get("expires_in"),
+                    view_once=bool(payload.get("view_once", False)),
+                    action=payload.get("action"),
                 )
                 msg_type, body = self._machine.encrypt(
                     device.curve25519, content.model_dump_json().encode()
@@ -794,8 +838,9 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin):
 
     def history(self, peer: str, limit: int = 100, before: int | None = None) -> list[Message]:
         """The last ``limit`` messages with ``peer`` (or in group ``#name``), oldest first."""
+        self.expire_now()
         rows = self._store.history(self._conversation_of(peer), limit, before)
-        return self._with_attachments([Message.from_row(r) for r in rows])
+        return self._with_extras(self._with_attachments([Message.from_row(r) for r in rows]))
 
     def _conversation_of(self, peer: str) -> str:
         if peer.startswith("#"):
@@ -808,15 +853,17 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin):
         ``bisik receive`` uses it, so messages fetched while another command was
         connected are still shown once.
         """
+        self.expire_now()
         cursor = int(self._store.get_meta("unread_cursor") or 0)
         rows = self._store.incoming_after(cursor, limit)
         if rows:
             with self._store.transaction():
                 self._store.set_meta("unread_cursor", str(rows[-1][10]))
-        return self._with_attachments([Message.from_row(r) for r in rows])
+        return self._with_extras(self._with_attachments([Message.from_row(r) for r in rows]))
 
     def conversations(self) -> list[tuple[str, str]]:
         """``(conversation_id, last_message_body)``, most recent first."""
+        self.expire_now()
         return [(c, body) for c, _, body in self._store.conversations()]
 
     async def trust_identity(self, username: str) -> None:
@@ -845,7 +892,7 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin):
         if not unread:
             return 0
         with self._store.transaction():
-            ids = self._store.mark_read(conversation, [i for _, i in unread], _now())
+            ids = self._store.mark_read(conversation, [i for _, i in unread], self.clock())
         if peer.startswith("#"):
             # Group read state stays on this device for now (no group receipts).
             self._emit(MessagesRead(conversation, ids))

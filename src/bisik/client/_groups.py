@@ -84,6 +84,11 @@ class GroupsMixin:
     _queue: asyncio.Queue[tuple[str, Any]]
     _emit: Callable[[Event], None]
     _sent_waiters: dict[str, asyncio.Future[Message]]
+    clock: Callable[[], int]
+    # ActionsMixin
+    _record_extras: Callable[..., bool]
+    _forget: Callable[[str, str], None]
+    _apply_action: Callable[..., list[Event]]
 
     def _init_groups(self, pickle_key: bytes) -> None:
         self._gdb = GroupStore(self._store)
@@ -210,22 +215,22 @@ class GroupsMixin:
 
     def _queue_group(self, group_id: str, payload: dict[str, Any]) -> str:
         message_id = secrets.token_urlsafe(16)
-        now = _now()
+        now = self.clock()
         with self._store.transaction():
             self._store.add_outbox(
                 message_id,
                 group_conversation(group_id),
-                {**payload, "group": group_id, "sent_at": now},
+                {"sent_at": now, **payload, "group": group_id},
                 now,
             )
         self._queue.put_nowait(("flush", None))
         return message_id
 
-    def _queue_group_text(self, ref: str, text: str) -> Message:
+    def _queue_group_text(self, ref: str, text: str, extras: dict[str, Any]) -> Message:
         group = self.group(ref)
         if not group.active:
             raise ClientError("you are no longer a member of this group")
-        now = _now()
+        now = self.clock()
         message = Message(
             id=secrets.token_urlsafe(16),
             conversation=group_conversation(group.group_id),
@@ -240,10 +245,13 @@ class GroupsMixin:
         )
         with self._store.transaction():
             self._store.insert_message(message)
+            self._record_extras(
+                message, reply_to=extras.get("reply_to"), expires_in=extras.get("expires_in")
+            )
             self._store.add_outbox(
                 message.id,
                 message.conversation,
-                {"group": group.group_id, "type": "text", "body": text, "sent_at": now},
+                {"group": group.group_id, "type": "text", "body": text, "sent_at": now, **extras},
                 now,
             )
         self._sent_waiters.setdefault(message.id, asyncio.get_running_loop().create_future())
@@ -319,9 +327,10 @@ class GroupsMixin:
             body = await self._group_encrypt(group_id, message_id, payload)
         else:
             body = str(cached[0]["megolm"])
-        result: dict[str, Any] = await self._transport.call(
-            "group_send", {"group_id": group_id, "client_message_id": message_id, "body": body}
-        )
+        request = {"group_id": group_id, "client_message_id": message_id, "body": body}
+        if payload.get("ttl_ms"):
+            request["ttl_ms"] = payload["ttl_ms"]
+        result: dict[str, Any] = await self._transport.call("group_send", request)
         header = parse_megolm(body)
         with self._store.transaction():
             self._gdb.set_sent_at(header.session_id, header.message_index, int(result["ts"]))
@@ -405,6 +414,10 @@ class GroupsMixin:
             sent_at=int(payload["sent_at"]),
             body=str(payload.get("body", "")),
             meta=payload.get("meta"),
+            reply_to=payload.get("reply_to"),
+            expires_in=payload.get("expires_in"),
+            view_once=bool(payload.get("view_once", False)),
+            action=payload.get("action"),
         )
         with self._store.transaction():
             index = session.message_index
@@ -588,6 +601,15 @@ class GroupsMixin:
                     )
                 else:
                     log.warning("ignoring a group rename from non-admin %s", item.sender)
+            elif content.type == "action" and content.action is not None:
+                events += self._apply_action(
+                    content.action,
+                    item.sender,
+                    item.sender_device,
+                    group_conversation(item.group_id),
+                    content.sent_at,
+                    content.id,
+                )
             elif content.type == "text":
                 incoming = item.sender != self.username
                 message = Message(
@@ -603,7 +625,15 @@ class GroupsMixin:
                     state="received" if incoming else "sent",
                 )
                 if self._store.insert_message(message):
-                    events.append(MessageReceived(message))
+                    if self._record_extras(
+                        message,
+                        reply_to=content.reply_to,
+                        expires_in=content.expires_in,
+                        view_once=content.view_once,
+                    ):
+                        events.append(MessageReceived(message))
+                    else:
+                        self._forget(message.sender, message.id)
         self.group_stats["received"] += 1
         for event in events:
             self._emit(event)

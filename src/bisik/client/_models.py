@@ -42,6 +42,18 @@ class Message:
     state: str
     # A file, image or voice note (the body is then its caption).
     attachment: AttachmentInfo | None = None
+    # ``text``, or ``timer`` (a timeline note: the disappearing timer was changed).
+    kind: str = "text"
+    reply_to: str | None = None
+    # Disappearing messages: the timer (ms), and when it will be deleted here
+    # (``None`` while an incoming one is unread; it is gone by ``hard_expire_at``).
+    expires_in: int | None = None
+    expires_at: int | None = None
+    view_once: bool = False
+    edited_at: int | None = None
+    deleted: bool = False
+    # username -> emoji
+    reactions: dict[str, str] | None = None
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> Message:
@@ -60,6 +72,14 @@ class Message:
             "server_seq": self.server_seq,
             "state": self.state,
             **({"attachment": self.attachment.public_json()} if self.attachment else {}),
+            "kind": self.kind,
+            "reply_to": self.reply_to,
+            "expires_in": self.expires_in,
+            "expires_at": self.expires_at,
+            "view_once": self.view_once,
+            "edited_at": self.edited_at,
+            "deleted": self.deleted,
+            "reactions": self.reactions or {},
         }
 
 
@@ -186,6 +206,32 @@ class MessageWaiting:
 
 
 @dataclass(frozen=True)
+class MessagesExpired:
+    """Disappearing (or view-once) messages were deleted from this device."""
+
+    conversation: str
+    message_ids: list[str]
+
+
+@dataclass(frozen=True)
+class MessageChanged:
+    """A message was edited, deleted for everyone or reacted to: ``message`` is
+    its new state (``kind``: ``edited``, ``deleted``, ``reaction``)."""
+
+    kind: str
+    message: Message
+
+
+@dataclass(frozen=True)
+class TimerChanged:
+    """Someone set a conversation's disappearing-message timer (``None``: off)."""
+
+    conversation: str
+    username: str
+    expires_in: int | None
+
+
+@dataclass(frozen=True)
 class Synced:
     """The backlog has been fetched after a (re)connect."""
 
@@ -207,6 +253,9 @@ Event = (
     | PresenceChanged
     | GroupChanged
     | MessageWaiting
+    | MessagesExpired
+    | MessageChanged
+    | TimerChanged
     | Synced
 )
 
@@ -231,6 +280,24 @@ class GroupMeta(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
     name: str = Field(min_length=1, max_length=100)
     description: str = Field(default="", max_length=1000)
+
+
+class ActionContent(BaseModel):
+    """A message action, end-to-end encrypted like a message.
+
+    ``react`` (``emoji``; empty removes ours), ``edit`` (``body``), ``delete``
+    (for everyone), ``timer`` (``expires_in`` ms, or ``None``: off), and between
+    our own devices ``forget`` (delete here too) and ``opened`` (a view-once
+    message was opened on another device).
+    """
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+    kind: Literal["react", "edit", "delete", "timer", "forget", "opened"]
+    target: str | None = Field(default=None, max_length=64)
+    target_sender: str | None = Field(default=None, max_length=64)
+    emoji: str = Field(default="", max_length=16)
+    body: str = Field(default="", max_length=64 * 1024)
+    expires_in: int | None = Field(default=None, ge=1000, le=60 * 24 * 3600 * 1000)
 
 
 class RoomKeyContent(BaseModel):
@@ -266,13 +333,17 @@ class GroupPlaintext(BaseModel):
 
     model_config = ConfigDict(extra="ignore", strict=True)
     v: Literal[1] = 1
-    type: Literal["text", "meta"]
+    type: Literal["text", "meta", "action"]
     id: str = Field(min_length=8, max_length=64)
     sender: DeviceStamp
     group_id: str = Field(max_length=64)
     sent_at: int
     body: str = Field(default="", max_length=64 * 1024)
     meta: GroupMeta | None = None
+    reply_to: str | None = Field(default=None, max_length=64)
+    expires_in: int | None = Field(default=None, ge=1000, le=60 * 24 * 3600 * 1000)
+    view_once: bool = False
+    action: ActionContent | None = None
 
 
 class Plaintext(BaseModel):
@@ -286,7 +357,7 @@ class Plaintext(BaseModel):
 
     model_config = ConfigDict(extra="ignore", strict=True)
     v: Literal[1] = 1
-    type: Literal["text", "receipt", "typing", "room_key", "key_request"]
+    type: Literal["text", "receipt", "typing", "room_key", "key_request", "action"]
     id: str = Field(min_length=8, max_length=64)
     sender: DeviceStamp
     recipient: DeviceStamp
@@ -298,3 +369,7 @@ class Plaintext(BaseModel):
     attachment: AttachmentInfo | None = None
     room_key: RoomKeyContent | None = None
     key_request: KeyRequestContent | None = None
+    reply_to: str | None = Field(default=None, max_length=64)
+    expires_in: int | None = Field(default=None, ge=1000, le=60 * 24 * 3600 * 1000)
+    view_once: bool = False
+    action: ActionContent | None = None

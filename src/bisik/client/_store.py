@@ -90,6 +90,43 @@ CREATE TABLE IF NOT EXISTS attachments (
     PRIMARY KEY (sender, message_id)
 );
 CREATE INDEX IF NOT EXISTS attachments_message ON attachments (message_id);
+-- Disappearing messages and message actions (reply, edit, delete, reactions).
+CREATE TABLE IF NOT EXISTS message_extras (
+    sender TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    kind TEXT NOT NULL DEFAULT 'text',
+    reply_to TEXT,
+    expires_in INTEGER,
+    expire_at INTEGER,
+    hard_expire_at INTEGER,
+    view_once INTEGER NOT NULL DEFAULT 0,
+    edited_at INTEGER,
+    deleted_at INTEGER,
+    PRIMARY KEY (sender, message_id)
+);
+CREATE INDEX IF NOT EXISTS message_extras_expire ON message_extras (expire_at);
+CREATE INDEX IF NOT EXISTS message_extras_hard ON message_extras (hard_expire_at);
+CREATE TABLE IF NOT EXISTS message_edits (
+    sender TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    edited_at INTEGER NOT NULL,
+    PRIMARY KEY (sender, message_id, edited_at)
+);
+CREATE TABLE IF NOT EXISTS reactions (
+    sender TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    reactor TEXT NOT NULL,
+    emoji TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (sender, message_id, reactor)
+);
+CREATE TABLE IF NOT EXISTS conversation_timers (
+    conversation TEXT PRIMARY KEY,
+    expires_in INTEGER,
+    set_by TEXT NOT NULL,
+    set_at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS processed_envelopes (
     envelope_key TEXT PRIMARY KEY,
     outcome TEXT NOT NULL,
@@ -265,8 +302,11 @@ class LocalStore:
         """The newest ``limit`` messages sent after ``sent_after``, oldest first."""
         rows = self._exec(
             "SELECT id, conversation, sender, sender_device, direction, body, sent_at, "
-            "received_at, server_seq, state FROM messages WHERE sent_at > ? "
-            "AND state != 'pending' ORDER BY rowid DESC LIMIT ?",
+            "received_at, server_seq, state FROM messages m WHERE sent_at > ? "
+            "AND state != 'pending' AND NOT EXISTS (SELECT 1 FROM message_extras x "
+            "WHERE x.sender = m.sender AND x.message_id = m.id "
+            "AND (x.expires_in IS NOT NULL OR x.view_once = 1 OR x.kind != 'text')) "
+            "ORDER BY rowid DESC LIMIT ?",
             (sent_after, limit),
         ).fetchall()
         return [tuple(r) for r in reversed(rows)]
@@ -418,6 +458,13 @@ class LocalStore:
             )
             if cur.rowcount:
                 marked.append(message_id)
+                # A disappearing message's timer starts when it is read.
+                self._exec(
+                    "UPDATE message_extras SET expire_at = min(? + expires_in, hard_expire_at) "
+                    "WHERE message_id = ? AND expires_in IS NOT NULL AND expire_at IS NULL "
+                    "AND sender IN (SELECT sender FROM messages WHERE conversation = ? AND id = ?)",
+                    (now, message_id, conversation, message_id),
+                )
         return marked
 
     def mark_all_read(self, now: int) -> None:

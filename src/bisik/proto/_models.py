@@ -37,6 +37,8 @@ Token = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{20,128}$")]
 MAX_KEYS_PER_UPLOAD = 200
 MAX_ENVELOPES_PER_SEND = 1000
 MAX_GROUP_MEMBERS = 1000
+# Disappearing messages: 1 second to 8 weeks (twice the longest timer).
+TtlMs = Annotated[int, Field(ge=1000, le=56 * 24 * 3600 * 1000)]
 # Group ids are chosen by the server: 128 random bits, URL-safe base64.
 GroupId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{16,32}$")]
 
@@ -170,6 +172,8 @@ class SendRequest(_Model):
     # Olm envelopes about a group (Megolm key shares, key requests): the server
     # checks that the sender and every recipient are members.
     group_id: GroupId | None = None
+    # A disappearing message: nobody may still fetch it after this many ms.
+    ttl_ms: TtlMs | None = None
     # Ephemeral envelopes (typing) are pushed to online devices only, never stored,
     # and only between users who share a conversation.
     ephemeral: bool = False
@@ -453,3 +457,4 @@ class GroupSend(_Model):
     group_id: GroupId
     client_message_id: ClientMessageId
     body: Ciphertext
+    ttl_ms: TtlMs | None = None

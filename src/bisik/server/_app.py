@@ -78,11 +78,13 @@ def create_app(config: ServerConfig) -> Any:
             await services.presence_store.reset_online()
         log.info("database ready")
         blob_gc = asyncio.create_task(services.blobs.run_gc())
+        purge = asyncio.create_task(services.messages.run_purge())
         try:
             yield
         finally:
             blob_gc.cancel()
-            await asyncio.gather(blob_gc, return_exceptions=True)
+            purge.cancel()
+            await asyncio.gather(blob_gc, purge, return_exceptions=True)
             await sio.shutdown()
             await services.push.close()
             await services.blobs.close()

@@ -56,6 +56,10 @@ class ServerConfig:
     blob_ttl_s: int = 30 * 24 * 3600
     upload_ttl_s: int = 24 * 3600
     blob_gc_interval_s: float = 600.0
+    # Undelivered envelopes are dropped after this long (disappearing messages
+    # at the time their sender set); the purge runs every ``purge_interval_s``.
+    retention_s: int = 30 * 24 * 3600
+    purge_interval_s: float = 60.0
 
     @property
     def resolved_database_url(self) -> str:

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import asyncio
+import logging
+
 from bisik.proto import (
     AckRequest,
     AckResult,
@@ -19,6 +22,8 @@ from bisik.server.handlers.groups import GroupsHandler
 from bisik.server.handlers.presence import PresenceHandler
 from bisik.server.handlers.push import PushHandler
 from bisik.server.stores import AccountStore, DeviceRow, EnvelopeRow, MessageStore, NewEnvelope
+
+log = logging.getLogger("bisik.server.messages")
 
 EPHEMERAL_MAX_BODY = 4096
 
@@ -88,7 +93,8 @@ class MessagesHandler:
                 NewEnvelope(resolved[(e.username, e.device_id)], e.kind, e.type, e.body)
                 for e in req.envelopes
             ],
-            now=now_ms(),
+            now=(now := now_ms()),
+            expires_at=None if req.ttl_ms is None else now + req.ttl_ms,
         )
         for row in stored.envelopes:
             await self._notifier.deliver(row.recipient_pk, _envelope(row))
@@ -108,9 +114,10 @@ class MessagesHandler:
             sender_device=sender.device_id,
             client_message_id=req.client_message_id,
             items=[NewEnvelope(pk, "megolm", 0, "") for pk in targets],
-            now=now_ms(),
+            now=(now := now_ms()),
             group_id=req.group_id,
             group_body=req.body,
+            expires_at=None if req.ttl_ms is None else now + req.ttl_ms,
         )
         for row in stored.envelopes:
             await self._notifier.deliver(row.recipient_pk, _envelope(row))
@@ -145,6 +152,22 @@ class MessagesHandler:
                 ),
             )
         return SendResult(seq=0, ts=now, duplicate=False)
+
+    async def purge(self) -> tuple[int, int]:
+        """One pass of the retention purge (see ``run_purge``)."""
+        return await self._messages.purge(now_ms(), self._config.retention_s * 1000)
+
+    async def run_purge(self) -> None:
+        """Purge every ``purge_interval_s`` until cancelled."""
+        while True:
+            try:
+                messages, envelopes = await self.purge()
+            except Exception:
+                log.exception("message purge failed")
+            else:
+                if messages or envelopes:
+                    log.info("purged %d messages, %d envelopes", messages, envelopes)
+            await asyncio.sleep(self._config.purge_interval_s)
 
     async def sync(self, device: DeviceRow, req: SyncRequest) -> SyncResult:
         rows = await self._messages.pending(device.pk, req.after, req.limit + 1)

@@ -3,7 +3,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, exists, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -57,6 +57,7 @@ class MessageStore:
         now: int,
         group_id: str | None = None,
         group_body: str | None = None,
+        expires_at: int | None = None,
     ) -> StoredMessage:
         """Store a message and all its envelopes in one transaction.
 
@@ -76,6 +77,7 @@ class MessageStore:
                             created_at=now,
                             group_id=group_id,
                             body=group_body,
+                            expires_at=expires_at,
                         )
                         .returning(messages.c.id)
                     )
@@ -171,16 +173,15 @@ class MessageStore:
     async def _ack_batch(self, batch: list[tuple[int, list[int]]]) -> list[tuple[int, list[int]]]:
         wanted = sorted({i for _, ids in batch for i in ids})
         async with self._engine.begin() as conn:
-            owners = {
-                int(i): int(pk)
-                for i, pk in (
-                    await conn.execute(
-                        select(envelopes.c.id, envelopes.c.recipient_device_pk).where(
-                            envelopes.c.id.in_(wanted)
-                        )
-                    )
-                ).all()
-            }
+            found = (
+                await conn.execute(
+                    select(
+                        envelopes.c.id, envelopes.c.recipient_device_pk, envelopes.c.message_id
+                    ).where(envelopes.c.id.in_(wanted))
+                )
+            ).all()
+            owners = {int(i): int(pk) for i, pk, _ in found}
+            message_of = {int(i): int(m) for i, _, m in found}
             results: list[tuple[int, list[int]]] = []
             deletable: list[int] = []
             for recipient_pk, ids in batch:
@@ -193,4 +194,41 @@ class MessageStore:
                 results.append((len(mine), []))
             if deletable:
                 await conn.execute(delete(envelopes).where(envelopes.c.id.in_(deletable)))
+                # A disappearing message is gone once every device has it.
+                await conn.execute(
+                    delete(messages).where(
+                        messages.c.id.in_({message_of[i] for i in deletable}),
+                        messages.c.expires_at.is_not(None),
+                        ~exists().where(envelopes.c.message_id == messages.c.id),
+                    )
+                )
         return results
+
+    async def purge(self, now: int, retention_ms: int) -> tuple[int, int]:
+        """Drop expired disappearing messages, and envelopes (and the message
+        records kept for idempotency) older than the retention.
+
+        Returns ``(messages, envelopes)`` deleted.
+        """
+        old = now - retention_ms
+        async with self._engine.begin() as conn:
+            expired = select(messages.c.id).where(messages.c.expires_at <= now)
+            dropped = (
+                await conn.execute(
+                    delete(envelopes).where(
+                        envelopes.c.message_id.in_(expired) | (envelopes.c.created_at < old)
+                    )
+                )
+            ).rowcount
+            gone = (
+                await conn.execute(
+                    delete(messages).where(
+                        (messages.c.expires_at <= now)
+                        | (
+                            (messages.c.created_at < old)
+                            & ~exists().where(envelopes.c.message_id == messages.c.id)
+                        )
+                    )
+                )
+            ).rowcount
+        return int(gone), int(dropped)

@@ -123,6 +123,8 @@ messages = Table(
     # Group messages: the group, and the one Megolm ciphertext all its envelopes share.
     Column("group_id", String(32), nullable=True),
     Column("body", Text, nullable=True),
+    # Disappearing messages: purged (with their envelopes) after this time.
+    Column("expires_at", BigInteger, nullable=True),
     UniqueConstraint("sender_device_pk", "client_message_id", name="uq_messages_client_id"),
     sqlite_autoincrement=True,
 )
