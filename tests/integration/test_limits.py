@@ -19,8 +19,10 @@ import pytest
 
 from bisik.client import Client, MessageFailed, MessageReceived
 from bisik.crypto import b64encode
+from bisik.server import free_port
 from bisik.server._limits import RateLimiter
 from tests.conftest import FAST_KDF, PASSWORD, RunningServer
+from tests.integration._server_process import ServerProcess
 from tests.integration.test_bad_input import Dev, Sock, login, post, refused, register
 
 ServerFactory = Callable[..., Awaitable[RunningServer]]
@@ -180,3 +182,20 @@ def test_token_bucket() -> None:
     assert bucket.take("a") == 0
     now[0] += 100
     assert [bucket.take("a") for _ in range(4)][:3] == [0, 0, 0]  # refills to the burst only
+
+
+async def test_bisik_server_flags(tmp_path: Path) -> None:
+    """`bisik server --limit-loopback --max-registrations-per-min 2` limits this very test."""
+    server = ServerProcess(
+        tmp_path / "server",
+        free_port(),
+        ["--limit-loopback", "--max-registrations-per-min", "2"],
+    )
+    await server.start()
+    try:
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            for name in ("alice", "bob"):
+                await register(http, Dev.new(name))
+            assert_limited(await post(http, "/v1/accounts", Dev.new("carol").register_body()))
+    finally:
+        server.stop()

@@ -36,6 +36,36 @@ def add_parser(sub: Any) -> None:
     server.add_argument(
         "--push-interval", type=int, default=30, help="seconds between pushes to one device"
     )
+    limits = ServerConfig(data_dir=Path("."))
+    server.add_argument(
+        "--max-registrations-per-min",
+        type=int,
+        default=limits.registrations_per_ip_per_min,
+        help="accounts and devices added per minute from one IP address",
+    )
+    server.add_argument(
+        "--max-sign-ins-per-min",
+        type=int,
+        default=limits.sign_ins_per_ip_per_min,
+        help="challenges and tokens asked for per minute from one IP address",
+    )
+    server.add_argument(
+        "--max-messages-per-s",
+        type=float,
+        default=limits.messages_per_device_per_s,
+        help=f"sends per second by one device (bursts of {limits.message_burst})",
+    )
+    server.add_argument(
+        "--max-connections-per-ip",
+        type=int,
+        default=limits.max_connections_per_ip,
+        help="sockets open at once from one IP address",
+    )
+    server.add_argument(
+        "--limit-loopback",
+        action="store_true",
+        help="apply the limits to 127.0.0.1 and ::1 too (exempt by default)",
+    )
 
 
 def config_from(args: argparse.Namespace) -> ServerConfig:
@@ -49,6 +79,11 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         redis_url=args.redis_url,
         push_contact=args.push_contact,
         push_interval_s=max(1, args.push_interval),
+        registrations_per_ip_per_min=max(1, args.max_registrations_per_min),
+        sign_ins_per_ip_per_min=max(1, args.max_sign_ins_per_min),
+        messages_per_device_per_s=max(0.01, args.max_messages_per_s),
+        max_connections_per_ip=max(1, args.max_connections_per_ip),
+        rate_limit_exempt=() if args.limit_loopback else ServerConfig.rate_limit_exempt,
     )
 
 
