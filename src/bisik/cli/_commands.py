@@ -116,6 +116,10 @@ async def dispatch(
             await client.trust_identity(args.user)
             out.emit({"event": "trusted", "user": args.user}, f"trusting {args.user}'s new key")
             return 0
+        if args.command in ("timer", "react", "edit", "delete"):
+            from bisik.cli import _actions
+
+            return await _actions.dispatch(client, args, out)
         if args.command == "group":
             from bisik.cli import _groups
 
@@ -188,7 +192,7 @@ async def account(
 
 async def send(client: Client, args: argparse.Namespace, out: Output) -> int:
     online = await connect(client, out, required=False)
-    message = await client.send_text(args.user, args.text)
+    message = await client.send_text(args.user, args.text, reply_to=args.reply)
     if not online:
         out.message(message, event="queued")
         return 0

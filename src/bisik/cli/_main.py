@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("text", nargs="?", default=None)
     send.add_argument("--file", type=Path, help="send this file (encrypted) instead")
     send.add_argument("--caption", help="a caption for --file")
+    send.add_argument("--reply", metavar="MSGID", help="reply to (quote) this message")
     send.add_argument(
         "--wait", type=float, default=15.0, help="seconds to wait for the server (default 15)"
     )
@@ -119,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     from bisik.cli._groups import add_parser as add_group_parser
 
     add_group_parser(sub)
+
+    from bisik.cli._actions import add_parsers as add_action_parsers
+
+    add_action_parsers(sub)
 
     settings = sub.add_parser("settings", help="view or set presence, typing, read receipts")
     for flag in ("--presence", "--typing", "--read-receipts"):

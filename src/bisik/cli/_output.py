@@ -30,7 +30,25 @@ class Output:
             a = message.attachment
             dims = f", {a.width}x{a.height}" if a.width and a.height else ""
             body = f"[{a.kind}: {a.name}, {a.size:,} bytes{dims}; id {message.id}] {body}"
-        self.emit({"event": event, **message.to_json()}, f"[{when}] {arrow}: {body}{status}")
+        if message.kind == "timer":
+            self.emit({"event": event, **message.to_json()}, f"[{when}] ({body})")
+            return
+        if message.deleted:
+            body = "(message deleted)"
+        notes = []
+        if message.reply_to:
+            notes.append(f"reply to {message.reply_to}")
+        if message.edited_at:
+            notes.append("edited")
+        if message.expires_in:
+            notes.append(f"disappears {message.expires_in // 1000}s")
+        if message.reactions:
+            notes.append(" ".join(f"{e} {u}" for u, e in message.reactions.items()))
+        extra = f" ({'; '.join(notes)})" if notes else ""
+        self.emit(
+            {"event": event, **message.to_json()},
+            f"[{when}] {arrow}: {body}{status}{extra}  [id {message.id}]",
+        )
 
     def error(self, code: str, text: str) -> None:
         if self.as_json:

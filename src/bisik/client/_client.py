@@ -550,7 +550,7 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
             self._backup_dirty = True
             if incoming:
                 self._delivered.setdefault(sender, []).append(message.id)
-            self._emit(MessageReceived(message))
+            self._emit(MessageReceived(self._with_extras([message])[0]))
         return "received"
 
     def _reject(
@@ -632,13 +632,13 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
             )
         self._sent_waiters.setdefault(message.id, asyncio.get_running_loop().create_future())
         self._queue.put_nowait(("flush", None))
-        return message
+        return self._with_extras([message])[0]
 
     async def wait_sent(self, message_id: str, timeout: float) -> Message:
         """Wait until the server has stored the message; ``TimeoutError`` otherwise."""
         row = self._store.message(self.username, message_id)
         if row is not None and row[9] in ("sent", "failed"):
-            return Message.from_row(row)
+            return self._with_extras([Message.from_row(row)])[0]
         future = self._sent_waiters.setdefault(
             message_id, asyncio.get_running_loop().create_future()
         )
@@ -711,7 +711,7 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
             self._backup_dirty = True
             row = self._store.message(self.username, item.message_id)
             if row is not None:
-                message = Message.from_row(row)
+                message = self._with_extras([Message.from_row(row)])[0]
                 self._emit(MessageSent(message))
                 future = self._sent_waiters.pop(item.message_id, None)
                 if future is not None and not future.done():
@@ -743,7 +743,7 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
         future = self._sent_waiters.pop(message_id, None)
         row = self._store.message(self.username, message_id)
         if future is not None and not future.done() and row is not None:
-            future.set_result(Message.from_row(row))
+            future.set_result(self._with_extras([Message.from_row(row)])[0])
 
     async def _encrypt_for(self, message_id: str, payload: dict[str, Any]) -> list[dict[str, Any]]:
         """One Olm envelope per target device.

@@ -89,6 +89,7 @@ class GroupsMixin:
     _record_extras: Callable[..., bool]
     _forget: Callable[[str, str], None]
     _apply_action: Callable[..., list[Event]]
+    _with_extras: Callable[[list[Message]], list[Message]]
 
     def _init_groups(self, pickle_key: bytes) -> None:
         self._gdb = GroupStore(self._store)
@@ -256,7 +257,7 @@ class GroupsMixin:
             )
         self._sent_waiters.setdefault(message.id, asyncio.get_running_loop().create_future())
         self._queue.put_nowait(("flush", None))
-        return message
+        return self._with_extras([message])[0]
 
     # -- membership -------------------------------------------------------------------
 
@@ -631,7 +632,7 @@ class GroupsMixin:
                         expires_in=content.expires_in,
                         view_once=content.view_once,
                     ):
-                        events.append(MessageReceived(message))
+                        events.append(MessageReceived(self._with_extras([message])[0]))
                     else:
                         self._forget(message.sender, message.id)
         self.group_stats["received"] += 1
