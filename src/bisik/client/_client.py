@@ -606,10 +606,17 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
             return self._queue_group_text(peer, text, extras)
         if self._transport.connected:
             await self._devices.recipient_devices(peer, refresh=False)
+        return self._queue_message(direct_conversation(peer), text, {"to": peer}, extras)
+
+    def _queue_message(
+        self, conversation: str, text: str, route: dict[str, Any], extras: dict[str, Any]
+    ) -> Message:
+        """Store an outgoing text message (``pending``) and queue it in the outbox;
+        ``route`` says where it goes (``{"to": peer}`` or a group's)."""
         now = self.clock()
         message = Message(
             id=secrets.token_urlsafe(16),
-            conversation=direct_conversation(peer),
+            conversation=conversation,
             sender=self.username,
             sender_device=self.device_id,
             direction="out",
@@ -626,8 +633,8 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
             )
             self._store.add_outbox(
                 message.id,
-                message.conversation,
-                {"to": peer, "body": text, "sent_at": now, **extras},
+                conversation,
+                {**route, "body": text, "sent_at": now, **extras},
                 now,
             )
         self._sent_waiters.setdefault(message.id, asyncio.get_running_loop().create_future())

@@ -90,6 +90,7 @@ class GroupsMixin:
     _forget: Callable[[str, str], None]
     _apply_action: Callable[..., list[Event]]
     _with_extras: Callable[[list[Message]], list[Message]]
+    _queue_message: Callable[[str, str, dict[str, Any], dict[str, Any]], Message]
 
     def _init_groups(self, pickle_key: bytes) -> None:
         self._gdb = GroupStore(self._store)
@@ -231,33 +232,12 @@ class GroupsMixin:
         group = self.group(ref)
         if not group.active:
             raise ClientError("you are no longer a member of this group")
-        now = self.clock()
-        message = Message(
-            id=secrets.token_urlsafe(16),
-            conversation=group_conversation(group.group_id),
-            sender=self.username,
-            sender_device=self.device_id,
-            direction="out",
-            body=text,
-            sent_at=now,
-            received_at=now,
-            server_seq=None,
-            state="pending",
+        return self._queue_message(
+            group_conversation(group.group_id),
+            text,
+            {"group": group.group_id, "type": "text"},
+            extras,
         )
-        with self._store.transaction():
-            self._store.insert_message(message)
-            self._record_extras(
-                message, reply_to=extras.get("reply_to"), expires_in=extras.get("expires_in")
-            )
-            self._store.add_outbox(
-                message.id,
-                message.conversation,
-                {"group": group.group_id, "type": "text", "body": text, "sent_at": now, **extras},
-                now,
-            )
-        self._sent_waiters.setdefault(message.id, asyncio.get_running_loop().create_future())
-        self._queue.put_nowait(("flush", None))
-        return self._with_extras([message])[0]
 
     # -- membership -------------------------------------------------------------------
 
