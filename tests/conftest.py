@@ -19,6 +19,9 @@ import pytest
 from bisik.client import Client, KdfParams
 from bisik.server import EmbeddedServer, ServerConfig, free_port
 
+# Session-wide check that no plaintext a test sent reaches a server's storage.
+pytest_plugins = ["tests._canary"]
+
 POSTGRES_URL = os.environ.get("BISIK_TEST_POSTGRES_URL")
 REDIS_URL = os.environ.get("BISIK_TEST_REDIS_URL")
 
