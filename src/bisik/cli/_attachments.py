@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -11,7 +12,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from bisik.cli._output import Output
-from bisik.client import Client, NotConnected
+from bisik.client import AttachmentError, Client
 
 
 @contextmanager
@@ -53,10 +54,11 @@ async def send_file(client: Client, args: argparse.Namespace, out: Output) -> in
             args.user, path, caption=args.caption or args.text or "", progress=progress
         )
     try:
-        message = await client.wait_sent(message.id, timeout=args.wait)
+        stored = await client.wait_sent(message.id, timeout=args.wait)
     except TimeoutError:
         out.message(message, event="queued")
         return 0
+    message = dataclasses.replace(stored, attachment=message.attachment)
     out.message(message, event="sent")
     return 0 if message.state == "sent" else 1
 
@@ -64,7 +66,7 @@ async def send_file(client: Client, args: argparse.Namespace, out: Output) -> in
 async def download(client: Client, args: argparse.Namespace, out: Output) -> int:
     found = client.attachment(args.message_id)
     if found is None:
-        raise NotConnected(f"message {args.message_id} has no attachment here")
+        raise AttachmentError(f"message {args.message_id} has no attachment here")
     info, _ = found
     # The blob is fetched over HTTP; no need to wait for the socket's backlog.
     with progress_bar(f"download {info.name}", out) as progress:

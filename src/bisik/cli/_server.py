@@ -36,6 +36,22 @@ def add_parser(sub: Any) -> None:
     server.add_argument(
         "--push-interval", type=int, default=30, help="seconds between pushes to one device"
     )
+    blobs = server.add_argument_group("attachments (encrypted blobs)")
+    blobs.add_argument("--blob-dir", type=Path, help="local blob directory (default: DATA/blobs)")
+    blobs.add_argument(
+        "--s3-bucket", help="store blobs in this S3-compatible bucket (AWS_* env credentials)"
+    )
+    blobs.add_argument("--s3-endpoint-url", help="e.g. http://127.0.0.1:9000 for MinIO")
+    blobs.add_argument("--s3-region", default=None)
+    blobs.add_argument(
+        "--max-file-mb", type=int, default=2048, help="largest attachment, MiB (default 2048)"
+    )
+    blobs.add_argument(
+        "--quota-mb", type=int, default=10240, help="attachments per account, MiB (default 10240)"
+    )
+    blobs.add_argument(
+        "--blob-days", type=int, default=30, help="days a blob is kept after upload (default 30)"
+    )
     limits = ServerConfig(data_dir=Path("."))
     server.add_argument(
         "--max-registrations-per-min",
@@ -79,6 +95,14 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         redis_url=args.redis_url,
         push_contact=args.push_contact,
         push_interval_s=max(1, args.push_interval),
+        blob_dir=args.blob_dir,
+        s3_bucket=args.s3_bucket,
+        s3_endpoint_url=args.s3_endpoint_url,
+        s3_region=args.s3_region,
+        # The cipher adds 16 bytes per 64 KiB chunk to a file's size.
+        max_blob_bytes=max(1, args.max_file_mb) * 1024 * 1040,
+        blob_quota_bytes=max(1, args.quota_mb) * 1024 * 1024,
+        blob_ttl_s=max(1, args.blob_days) * 86400,
         registrations_per_ip_per_min=max(1, args.max_registrations_per_min),
         sign_ins_per_ip_per_min=max(1, args.max_sign_ins_per_min),
         messages_per_device_per_s=max(0.01, args.max_messages_per_s),
