@@ -17,13 +17,14 @@ from typing import Any
 import httpx
 import pytest
 
-from bisik.client import Client, MessageFailed, MessageReceived
+from bisik.client import MessageFailed, MessageReceived
 from bisik.crypto import b64encode
 from bisik.server import free_port
 from bisik.server._limits import RateLimiter
-from tests.conftest import FAST_KDF, PASSWORD, RunningServer
+from tests.conftest import RunningServer
 from tests.integration._server_process import ServerProcess
 from tests.integration.test_bad_input import Dev, Sock, login, post, refused, register
+from tests.integration.test_faults import new_device
 
 ServerFactory = Callable[..., Awaitable[RunningServer]]
 STRICT: dict[str, Any] = {"rate_limit_exempt": ()}
@@ -137,16 +138,7 @@ async def test_rate_limited_messages_wait_in_the_outbox(
     clients = []
     try:
         for name in ("alice", "bob"):
-            client = await Client.create_account(
-                tmp_path / name,
-                server_url=server.url,
-                username=name,
-                password=PASSWORD,
-                kdf=FAST_KDF,
-            )
-            clients.append(client)
-            await client.connect()
-            await asyncio.wait_for(client.synced.wait(), 10)
+            clients.append((await new_device(tmp_path, server.url, name)).client)
         alice, bob = clients
         events, inbox = alice.subscribe(), bob.subscribe()
         sent = [await alice.send_text("bob", f"burst {i}") for i in range(8)]

@@ -17,19 +17,9 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 
 from bisik.client import Client, DecryptionFailed, MessageReceived, ReceiptUpdated
-from bisik.server.stores.schema import devices, envelopes, messages
+from bisik.server.stores.schema import envelopes, messages
 from tests.conftest import ClientFactory, RunningServer, next_event
-
-
-async def device_pk(server: RunningServer, client: Client) -> int:
-    async with server.services.engine.connect() as conn:
-        return int(
-            (
-                await conn.execute(
-                    select(devices.c.id).where(devices.c.device_id == client.device_id)
-                )
-            ).scalar_one()
-        )
+from tests.integration.test_groups import device_pk
 
 
 async def queue_of(server: RunningServer, client: Client) -> list[Any]:
