@@ -25,7 +25,6 @@ import logging
 import os
 import re
 import secrets
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import IO, Any
@@ -374,8 +373,7 @@ class AttachmentsMixin:
     _store: LocalStore
     _profile: OpenProfile
     _devices: DeviceDirectory
-    _queue: asyncio.Queue[tuple[str, Any]]
-    _sent_waiters: dict[str, asyncio.Future[Message]]
+    _queue_message: Callable[[str, str, dict[str, Any], dict[str, Any]], Message]
 
     async def send_file(
         self,
@@ -424,30 +422,14 @@ class AttachmentsMixin:
             blurhash=prepared.blurhash,
             thumbnail=prepared.thumbnail,
         )
-        now = int(time.time() * 1000)
-        message = Message(
-            id=secrets.token_urlsafe(16),
-            conversation=direct_conversation(peer),
-            sender=self.username,
-            sender_device=self.device_id,
-            direction="out",
-            body=caption,
-            sent_at=now,
-            received_at=now,
-            server_seq=None,
-            state="pending",
-            attachment=info,
-        )
         # The sender keeps its own file as it was (not the re-encoded upload).
         local = None if prepared.stripped else str(prepared.path)
-        payload = {"to": peer, "body": caption, "sent_at": now, "attachment": info.model_dump()}
         with self._store.transaction():
-            self._store.insert_message(message)
+            message = self._queue_message(
+                direct_conversation(peer), caption, {"to": peer}, {"attachment": info.model_dump()}
+            )
             self._store.put_attachment(self.username, message.id, info.model_dump_json(), local)
-            self._store.add_outbox(message.id, message.conversation, payload, now)
-        self._sent_waiters.setdefault(message.id, asyncio.get_running_loop().create_future())
-        self._queue.put_nowait(("flush", None))
-        return message
+        return dataclasses.replace(message, attachment=info)
 
     def attachment(self, message_id: str) -> tuple[AttachmentInfo, Path | None] | None:
         """The attachment of a message (by id), and where it is saved if it is."""
