@@ -25,7 +25,7 @@ import logging
 import os
 import re
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -97,50 +97,6 @@ class _CipherReader:
         return out
 
 
-async def _slices(content: bytes) -> AsyncIterator[bytes]:
-    # httpx keeps each request in a reference cycle that only the cyclic GC
-    # frees; a body handed over as bytes would keep every 8 MiB part alive
-    # until then (memory growing with the file). An exhausted generator holds nothing.
-    view = memoryview(content)
-    for start in range(0, len(content), READ_BLOCK):
-        yield bytes(view[start : start + READ_BLOCK])
-
-
-async def _raw(
-    transport: Transport,
-    method: str,
-    path: str,
-    *,
-    content: bytes | None = None,
-) -> dict[str, Any]:
-    """An authenticated request with a raw body and a JSON answer."""
-    for attempt in range(2):
-        headers = {"Authorization": f"Bearer {await transport.token()}"}
-        body = None
-        if content is not None:
-            headers["Content-Length"] = str(len(content))
-            body = _slices(content)
-        try:
-            resp = await transport.http.request(
-                method, path, content=body, headers=headers, timeout=120.0
-            )
-        except httpx.TransportError as exc:
-            raise NotConnected(f"cannot reach {transport.server_url}: {exc!r}") from exc
-        try:
-            data = resp.json() if resp.content else {}
-        except ValueError:
-            data = {"error": {"code": "internal", "message": f"HTTP {resp.status_code}"}}
-        if resp.status_code < 400:
-            return dict(data)
-        err = ProtocolError.from_body(data)
-        if attempt == 0 and err.code in (ErrorCode.TOKEN_EXPIRED, ErrorCode.UNAUTHORIZED):
-            # A JSON call renews the token the transport holds.
-            await transport.request("GET", "/v1/blobs/usage")
-            continue
-        raise err
-    raise AssertionError("unreachable")
-
-
 async def _backoff(attempt: int, exc: Exception) -> None:
     if attempt >= RETRIES:
         raise AttachmentError(f"transfer failed after {attempt} attempts: {exc}") from exc
@@ -182,8 +138,8 @@ async def upload(
                     if hashed < offset + len(part):
                         hasher.update(memoryview(part)[hashed - offset :])
                         hashed = offset + len(part)
-                    status = await _raw(
-                        transport, "PUT", f"/v1/blobs/{blob_id}?offset={offset}", content=part
+                    status = await transport.request(
+                        "PUT", f"/v1/blobs/{blob_id}?offset={offset}", raw=part
                     )
                     offset = int(status["received"])
                     attempt = 0
@@ -282,7 +238,7 @@ class _Download:
                             ErrorCode.TOKEN_EXPIRED,
                             ErrorCode.UNAUTHORIZED,
                         ):
-                            await self.transport.request("GET", "/v1/blobs/usage")
+                            self.transport.forget_token()
                             continue
                         raise err
                     self.answered = True

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -18,6 +18,15 @@ log = logging.getLogger("bisik.client.transport")
 
 Signer = Callable[[bytes], str]
 Handler = Callable[..., Awaitable[None]]
+
+
+async def _slices(content: bytes) -> AsyncIterator[bytes]:
+    # httpx keeps each request in a reference cycle that only the cyclic GC
+    # frees: a body handed over as bytes would stay alive until then (memory
+    # growing with an uploaded file). An exhausted generator holds nothing.
+    view = memoryview(content)
+    for start in range(0, len(content), 1024 * 1024):
+        yield bytes(view[start : start + 1024 * 1024])
 
 
 class Transport:
@@ -77,16 +86,27 @@ class Transport:
     # -- HTTP -----------------------------------------------------------------
 
     async def request(
-        self, method: str, path: str, body: dict[str, Any] | None = None, *, auth: bool = True
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        *,
+        auth: bool = True,
+        raw: bytes | None = None,
     ) -> dict[str, Any]:
         """One HTTP call; raises ``ProtocolError`` for an error answer, ``NotConnected``
-        if the server cannot be reached."""
+        if the server cannot be reached. ``raw`` is sent as the body instead of JSON
+        (an attachment part)."""
         for attempt in range(2):
             headers = {}
             if auth:
                 headers["Authorization"] = f"Bearer {await self.token()}"
+            options: dict[str, Any] = {"json": body}
+            if raw is not None:
+                headers["Content-Length"] = str(len(raw))
+                options = {"content": _slices(raw), "timeout": 120.0}
             try:
-                resp = await self.http.request(method, path, json=body, headers=headers)
+                resp = await self.http.request(method, path, headers=headers, **options)
             except httpx.TransportError as exc:
                 raise NotConnected(f"cannot reach {self.server_url}: {exc!r}") from exc
             try:
@@ -105,6 +125,10 @@ class Transport:
                 continue
             raise err
         raise AssertionError("unreachable")
+
+    def forget_token(self) -> None:
+        """Drop the access token (refused by the server): the next call gets a fresh one."""
+        self._token = None
 
     async def token(self) -> str:
         if self._token is None:
