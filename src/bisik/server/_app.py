@@ -90,6 +90,7 @@ def create_app(config: ServerConfig) -> Any:
             await services.blobs.close()
             if manager is not None:
                 await _close_redis_manager(manager)
+            await asyncio.to_thread(services.db.close)
             await engine.dispose()
 
     http = Starlette(

@@ -6,6 +6,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bisik.server._blobs import backend_for
 from bisik.server._config import ServerConfig
+from bisik.server._db import OneHop
 from bisik.server.handlers import (
     AccountsHandler,
     AuthHandler,
@@ -48,6 +49,7 @@ class Services:
     presence_store: PresenceStore
     blobs: BlobsHandler
     groups: GroupsHandler
+    db: OneHop
 
     @classmethod
     def build(cls, config: ServerConfig, engine: AsyncEngine, notifier: Notifier) -> Services:
@@ -57,6 +59,7 @@ class Services:
         push = PushHandler(config, PushStore(engine))
         backups = BackupsHandler(BackupStore(engine))
         groups = GroupsHandler(GroupStore(engine), notifier.group_changed)
+        db = OneHop(engine)
         blobs = BlobsHandler(config, BlobStore(engine), backend_for(config))
         return cls(
             config=config,
@@ -65,7 +68,7 @@ class Services:
             auth=AuthHandler(config, accounts, AuthStore(engine)),
             keys=KeysHandler(config, accounts, KeyStore(engine), notifier),
             messages=MessagesHandler(
-                config, accounts, MessageStore(engine), notifier, presence, push, groups
+                config, accounts, MessageStore(engine, db), notifier, presence, push, groups
             ),
             account_store=accounts,
             devices=DevicesHandler(accounts, notifier, backups),
@@ -76,4 +79,5 @@ class Services:
             presence_store=presence_store,
             blobs=blobs,
             groups=groups,
+            db=db,
         )
