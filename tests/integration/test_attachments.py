@@ -155,6 +155,26 @@ async def test_keep_metadata_when_asked(make_client: ClientFactory, tmp_path: Pa
     assert out.read_bytes() == src.read_bytes()
 
 
+async def test_voice_note_carries_duration_and_waveform(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    pytest.importorskip("av", reason="PyAV is not installed")
+    from tests.unit.client.test_media import make_wav
+
+    alice = await make_client("alice")
+    bob = await make_client("bob")
+    inbox = bob.subscribe()
+    src = tmp_path / "voice.wav"
+    make_wav(src, seconds=1.5)
+    await alice.send_file("bob", src)
+    got = await received_attachment(inbox)
+    info = got.attachment
+    assert (info.kind, info.duration_ms, len(info.waveform)) == ("voice", 1500, 64)
+    out = await bob.download_attachment(got.id, tmp_path / "heard.wav")
+    assert out.read_bytes() == src.read_bytes()
+    assert got.to_json()["attachment"]["duration_ms"] == 1500
+
+
 class CuttingProxy:
     """A loopback TCP proxy that cuts every open connection once, after
     ``cut_after`` bytes went upstream in total; later connections pass freely."""

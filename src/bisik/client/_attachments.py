@@ -377,6 +377,8 @@ class AttachmentsMixin:
             height=prepared.height,
             blurhash=prepared.blurhash,
             thumbnail=prepared.thumbnail,
+            duration_ms=prepared.duration_ms,
+            waveform=prepared.waveform,
         )
         # The sender keeps its own file as it was (not the re-encoded upload).
         local = None if prepared.stripped else str(prepared.path)

@@ -19,6 +19,7 @@ import blurhash
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from bisik.client._attachment_info import AttachmentKind
+from bisik.client._av import probe
 
 THUMBNAIL_MAX_PX = 160
 THUMBNAIL_MAX_BYTES = 24 * 1024
@@ -42,6 +43,8 @@ class PreparedFile:
     blurhash: str | None = None
     thumbnail: str | None = None
     stripped: bool = False
+    duration_ms: int | None = None
+    waveform: list[int] | None = None
 
 
 def _thumbnail(image: Image.Image) -> str | None:
@@ -97,6 +100,8 @@ def prepare_file(path: Path, *, strip_metadata: bool = True) -> PreparedFile:
         image = Image.open(path)
         image.load()
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError):
+        if prepared.mime.startswith(("audio/", "video/")):
+            _add_av(prepared)
         return prepared
     with image:
         fmt = str(image.format)
@@ -113,3 +118,20 @@ def prepare_file(path: Path, *, strip_metadata: bool = True) -> PreparedFile:
         prepared.blurhash = _blurhash(shown)
         prepared.thumbnail = _thumbnail(shown)
     return prepared
+
+
+def _add_av(prepared: PreparedFile) -> None:
+    """Duration, size and a poster frame (video) or a waveform (voice), if FFmpeg reads it.
+
+    The file itself is sent as it is: its container metadata is not stripped.
+    """
+    info = probe(prepared.path)
+    if info is None:
+        return
+    prepared.kind = "video" if info.kind == "video" else "voice"
+    prepared.duration_ms = info.duration_ms
+    prepared.waveform = info.waveform
+    prepared.width, prepared.height = info.width, info.height
+    if info.poster is not None:
+        prepared.blurhash = _blurhash(info.poster)
+        prepared.thumbnail = _thumbnail(info.poster)
