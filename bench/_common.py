@@ -96,6 +96,17 @@ def proc_memory_mib(pid: int | None = None) -> tuple[float, float]:
     return values["VmRSS"], values["VmHWM"]
 
 
-def summary_line(name: str, value: str) -> None:
-    """A machine-readable line that ``run_all.py`` collects into its table."""
-    print(f"SUMMARY\t{name}\t{value}")
+def summary_line(
+    name: str, value: str, *, baseline: str | None = None, higher_is_better: bool = False
+) -> None:
+    """A machine-readable line that ``run_all.py`` collects into its table.
+
+    With ``baseline`` (the same figure measured on the Node.js relay in the same
+    run) the table also shows it and the ratio Bisik/baseline; ``higher_is_better``
+    says which way the ratio reads (throughput) as opposed to latency or memory.
+    """
+    if baseline is None:
+        print(f"SUMMARY\t{name}\t{value}")
+    else:
+        better = "higher" if higher_is_better else "lower"
+        print(f"SUMMARY\t{name}\t{value}\t{baseline}\t{better}")
