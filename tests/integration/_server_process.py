@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -28,8 +29,11 @@ class ServerProcess:
         extra: more ``bisik server`` flags (``--database-url``, ``--redis-url``...).
     """
 
-    def __init__(self, data: Path, port: int, extra: list[str] | None = None) -> None:
+    def __init__(
+        self, data: Path, port: int, extra: list[str] | None = None, max_file_bytes: int = 0
+    ) -> None:
         self.data = data
+        self.max_file_bytes = max_file_bytes
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.extra = extra or []
@@ -51,6 +55,7 @@ class ServerProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                preexec_fn=self._limit_files if self.max_file_bytes else None,
             )
         self.starts += 1
         async with httpx.AsyncClient(timeout=2) as http, asyncio.timeout(timeout):
@@ -70,6 +75,18 @@ class ServerProcess:
                     if self.proc.poll() is None:
                         return
                 await asyncio.sleep(0.05)
+
+    def _limit_files(self) -> None:
+        # No file of the server may grow past this: writes fail as on a full disk
+        # (Python ignores SIGXFSZ, so the write returns EFBIG, SQLite "disk is full").
+        # Only the soft limit: lifting it again (free_disk) needs no privilege.
+        resource.setrlimit(resource.RLIMIT_FSIZE, (self.max_file_bytes, resource.RLIM_INFINITY))
+
+    def free_disk(self) -> None:
+        """Lift the file-size limit of the running process: the space returns."""
+        assert self.proc is not None
+        unlimited = (resource.RLIM_INFINITY, resource.RLIM_INFINITY)
+        resource.prlimit(self.proc.pid, resource.RLIMIT_FSIZE, unlimited)
 
     def kill(self) -> None:
         """SIGKILL: no shutdown handler runs, nothing is flushed."""

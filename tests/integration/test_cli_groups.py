@@ -33,9 +33,7 @@ def test_groups_through_the_cli(server_process: str, tmp_path: Path) -> None:
     assert lines(sent)[-1]["state"] == "sent"
 
     got = lines(run(*ben, "receive", env=env))
-    assert [(m["body"], m["conversation"]) for m in got] == [
-        ("gym at 6?", f"#{group['group_id']}")
-    ]
+    assert [(m["body"], m["conversation"]) for m in got] == [("gym at 6?", f"#{group['group_id']}")]
     listed = lines(run(*ben, "group", "list", env=env))
     assert [(g["name"], g["group_id"]) for g in listed] == [("Climbing", group["group_id"])]
 
@@ -66,3 +64,23 @@ def test_groups_through_the_cli(server_process: str, tmp_path: Path) -> None:
     missing = run(*ann, "send", "#Nowhere", "hello?", env=env)
     assert missing.returncode == 1
     assert "no group" in missing.stderr
+
+
+def test_group_chat(server_process: str, tmp_path: Path) -> None:
+    env = {**os.environ, "BISIK_PASSWORD": "cli password"}
+    ann = ["--home", str(tmp_path / "ann"), "--json"]
+    ben = ["--home", str(tmp_path / "ben"), "--json"]
+    for home, name in ((ann, "ann"), (ben, "ben")):
+        made = run(
+            *home, "account", "create", "--server", server_process, "--username", name, env=env
+        )
+        assert made.returncode == 0, made.stderr
+    assert run(*ann, "group", "create", "Band", "--members", "ben", env=env).returncode == 0
+    assert run(*ann, "send", "#Band", "rehearsal friday", env=env).returncode == 0
+    chat = run(*ben, "chat", "#Band", env=env, input="count me in\n/quit\n")
+    assert chat.returncode == 0, chat.stderr
+    shown = lines(chat)
+    assert [m["body"] for m in shown if m.get("event") == "message"] == ["rehearsal friday"]
+    assert [m["body"] for m in shown if m.get("event") == "sent"] == ["count me in"]
+    got = lines(run(*ann, "receive", env=env))
+    assert [(m["sender"], m["body"]) for m in got] == [("ben", "count me in")]

@@ -495,3 +495,40 @@ async def test_cross_process_delivery_recovers_after_a_redis_restart(tmp_path: P
         for node in nodes:
             await node.stop()
         await drop()
+
+
+# -- the disk fills up, then space returns ----------------------------------------------
+
+
+async def test_full_disk_refuses_clearly_and_recovers(tmp_path: Path) -> None:
+    """Writes fail as on a full disk: sends are refused with ``unavailable`` (not
+    ``internal``, no error logged), nothing half-written, reads still work; once
+    space returns every queued message goes out, once, in order."""
+    server = ServerProcess(tmp_path / "server", free_port(), max_file_bytes=1536 * 1024)
+    await server.start()
+    devices: list[Device] = []
+    try:
+        devices = [await new_device(tmp_path, server.url, n) for n in ("alice", "bob")]
+        alice, bob = devices
+        padding = "x" * 8000
+        for i in range(160):  # ~2.5 MiB of envelopes: more than fits
+            message = await alice.client.send_text("bob", f"canary-disk #{i} {padding}")
+            alice.sent.append(("bob", message.id))
+        async with asyncio.timeout(120):
+            while "storage unavailable" not in server.log.read_text(errors="replace"):
+                await asyncio.sleep(0.2)
+        stuck = alice.client.pending_count()
+        assert stuck > 0, "the disk never filled up"
+        assert alice.client.connected and bob.client.connected
+        assert (await bob.client._transport.call("sync", {"limit": 1}))["ok"] is True
+
+        server.free_disk()
+        await wait_converged(devices, timeout=120)
+        check_delivery(devices)
+        log = server.log.read_text(errors="replace")
+        assert "Traceback" not in log and " ERROR " not in log, log[-2000:]
+        print(f"queued while the disk was full: {stuck} of {len(alice.sent)}")
+    finally:
+        for device in devices:
+            await device.client.close()
+        server.stop()

@@ -8,8 +8,7 @@ from typing import Any
 
 from bisik.cli._commands import connect
 from bisik.cli._output import Output
-from bisik.client import Client, ClientError
-from bisik.client._actions import describe_timer
+from bisik.client import Client, ClientError, describe_timer
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import threading
 
@@ -13,13 +14,17 @@ from bisik.client import (
     ClientError,
     ConnectionChanged,
     DecryptionFailed,
+    GroupChanged,
+    MessageChanged,
     MessageFailed,
     MessageReceived,
     MessageSent,
+    MessagesExpired,
     NotConnected,
     PresenceChanged,
     ProtocolError,
     ReceiptUpdated,
+    TimerChanged,
     TypingChanged,
 )
 
@@ -48,9 +53,16 @@ async def run_chat(client: Client, peer: str, out: Output, *, expect_replies: bo
     """
     events = client.subscribe()
     await client.connect(retry=True)
+    if peer.startswith("#"):
+        # A group is known by name once the membership catch-up has run.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(client.synced.wait(), 10)
+    conversation = client.conversation_id(peer)
     out.emit({"event": "chat", "peer": peer}, f"Chat with {peer}. {HELP}")
+    shown = set()
     for message in client.history(peer, limit=20):
         out.message(message)
+        shown.add(message.id)
     client.unread()
     client.mark_read(peer)
     try:
@@ -106,11 +118,21 @@ async def run_chat(client: Client, peer: str, out: Output, *, expect_replies: bo
                 event = get_event.result()
                 get_event = None
                 if isinstance(event, MessageReceived):
-                    if event.message.conversation == f"@{peer}":
+                    if event.message.conversation == conversation and (
+                        event.message.id not in shown
+                    ):
                         out.message(event.message)
                         replies += event.message.direction == "in"
                         client.unread()
                         client.mark_read(peer)  # shown, so read
+                elif isinstance(event, MessageChanged):
+                    if event.message.conversation == conversation:
+                        out.message(event.message, event=event.kind)
+                elif isinstance(event, MessagesExpired | TimerChanged | GroupChanged):
+                    if getattr(event, "conversation", f"#{getattr(event, 'group_id', '')}") == (
+                        conversation
+                    ):
+                        show_signal(out, event)
                 elif isinstance(event, ReceiptUpdated | TypingChanged | PresenceChanged):
                     if event.username == peer:
                         show_signal(out, event)

@@ -14,12 +14,15 @@ from bisik.client import (
     ClientError,
     GroupChanged,
     MessageReceived,
+    MessagesExpired,
     MessageWaiting,
     NotConnected,
     PresenceChanged,
     ProtocolError,
     ReceiptUpdated,
+    TimerChanged,
     TypingChanged,
+    describe_timer,
 )
 
 PasswordReader = Callable[..., str]
@@ -264,6 +267,22 @@ def show_signal(out: Output, event: object) -> None:
                 "users": event.usernames,
             },
             f"(#{event.group_id}: {text})",
+        )
+    elif isinstance(event, TimerChanged):
+        setting = describe_timer(event.expires_in)
+        out.emit(
+            {
+                "event": "timer",
+                "conversation": event.conversation,
+                "user": event.username,
+                "expires_in": event.expires_in,
+            },
+            f"({event.username} set disappearing messages to {setting})",
+        )
+    elif isinstance(event, MessagesExpired):
+        out.emit(
+            {"event": "expired", "conversation": event.conversation, "ids": event.message_ids},
+            f"({len(event.message_ids)} message(s) disappeared)",
         )
     elif isinstance(event, MessageWaiting):
         out.emit(

@@ -8,6 +8,7 @@ Example::
         await client.wait_sent(message.id, timeout=10)
 """
 
+from bisik.client._actions import TIMER_CHOICES_S, describe_timer
 from bisik.client._attachment_info import AttachmentInfo
 from bisik.client._attachments import AttachmentError
 from bisik.client._client import Client
@@ -47,6 +48,7 @@ from bisik.crypto import KdfParams, WrongPassword
 from bisik.proto import ErrorCode, ProtocolError
 
 __all__ = [
+    "TIMER_CHOICES_S",
     "AttachmentError",
     "AttachmentInfo",
     "Client",
@@ -85,4 +87,5 @@ __all__ = [
     "TypingChanged",
     "VerificationCode",
     "WrongPassword",
+    "describe_timer",
 ]

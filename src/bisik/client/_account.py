@@ -4,6 +4,7 @@ approval and the encrypted backup. Mixed into ``Client``."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 from urllib.parse import quote
@@ -22,9 +23,12 @@ from bisik.crypto import (
     encrypt_device_name,
     safety_number,
 )
+from bisik.proto import ProtocolError
 
 # The backup follows changes at most this often (and on close).
 BACKUP_INTERVAL_S = 60.0
+
+log = logging.getLogger("bisik.client")
 
 
 class AccountMixin:
@@ -143,4 +147,10 @@ class AccountMixin:
 
     async def _maybe_backup(self) -> None:
         if self._backup_dirty and time.monotonic() - self._backup_at > BACKUP_INTERVAL_S:
-            await self.backup_now()
+            try:
+                await self.backup_now()
+            except ProtocolError as exc:
+                # Refused for now (server storage full, rate limit): the next
+                # interval tries again; the backup stays marked dirty.
+                log.info("backup refused for now (%s)", exc.code)
+                self._backup_at = time.monotonic()

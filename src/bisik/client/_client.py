@@ -71,7 +71,7 @@ log = logging.getLogger("bisik.client")
 MAX_TEXT_BYTES = 16 * 1024
 
 
-# Seconds before a send the server refused as over its rate is tried again.
+# Seconds before a send the server refused for now (rate, storage) is tried again.
 RATE_LIMIT_RETRY_S = 1.0
 
 
@@ -112,6 +112,8 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
         # Counts disconnects: a sync that began on an earlier connection must not
         # mark this one synced (pushes would then overtake what it did not fetch).
         self._connection = 0
+        # Set while the server refuses sends for now (rate, storage): one retry waits.
+        self._send_retry: asyncio.TimerHandle | None = None
         # Set by ``create_account`` only: shown to the user once, never again.
         self.new_recovery_key: str | None = None
         self._transport.on("connect", self._on_connect)
@@ -668,7 +670,7 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
         return True
 
     async def _flush_outbox(self) -> None:
-        if not self.synced.is_set():
+        if not self.synced.is_set() or self._send_retry is not None:
             return
         for item in self._store.outbox():
             result: dict[str, Any] | None
@@ -684,14 +686,15 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
                         self._store.remove_outbox(item.message_id)
                     continue
             except ProtocolError as exc:
-                if exc.code == ErrorCode.RATE_LIMITED:
-                    # Over the server's message rate: kept, in order, and tried again soon.
-                    loop = asyncio.get_running_loop()
-                    loop.call_later(RATE_LIMIT_RETRY_S, self._queue.put_nowait, ("flush", None))
+                if exc.code in (ErrorCode.RATE_LIMITED, ErrorCode.UNAVAILABLE, ErrorCode.INTERNAL):
+                    # Over the server's message rate, its storage failing (disk full,
+                    # database locked) or a server bug: kept, in order, and tried again
+                    # soon (the server may have stored it; the same id is safe to resend).
+                    log.info("send refused for now (%s); retrying", exc.code)
+                    self._send_retry = asyncio.get_running_loop().call_later(
+                        RATE_LIMIT_RETRY_S, self._retry_sends
+                    )
                     return
-                if exc.code == ErrorCode.INTERNAL:
-                    # The server may have stored it; the same id is safe to resend.
-                    raise NotConnected(f"server error while sending: {exc.message}") from exc
                 if (
                     exc.code == ErrorCode.UNKNOWN_DEVICE
                     and item.envelopes is not None
@@ -741,6 +744,10 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
             },
         )
         return result
+
+    def _retry_sends(self) -> None:
+        self._send_retry = None
+        self._queue.put_nowait(("flush", None))
 
     def _fail(self, message_id: str, reason: str) -> None:
         with self._store.transaction():
@@ -849,10 +856,13 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
         rows = self._store.history(self._conversation_of(peer), limit, before)
         return self._with_extras(self._with_attachments([Message.from_row(r) for r in rows]))
 
-    def _conversation_of(self, peer: str) -> str:
+    def conversation_id(self, peer: str) -> str:
+        """The conversation id (``@user`` or ``#group_id``) of a user or ``#group``."""
         if peer.startswith("#"):
             return group_conversation(self.group(peer).group_id)
         return direct_conversation(peer)
+
+    _conversation_of = conversation_id
 
     def unread(self, limit: int = 10_000) -> list[Message]:
         """Incoming messages not yet returned by ``unread`` (a cursor kept in the profile).

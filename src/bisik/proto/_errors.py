@@ -35,6 +35,7 @@ class ErrorCode(StrEnum):
     NOT_YOUR_UPLOAD = "not_your_upload"
     RATE_LIMITED = "rate_limited"
     TOO_MANY_CONNECTIONS = "too_many_connections"
+    UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
 
 
@@ -68,6 +69,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.NOT_YOUR_UPLOAD: 403,
     ErrorCode.RATE_LIMITED: 429,
     ErrorCode.TOO_MANY_CONNECTIONS: 429,
+    ErrorCode.UNAVAILABLE: 503,
     ErrorCode.INTERNAL: 500,
 }
 

@@ -5,7 +5,9 @@ each one counts what reaches it). Addresses in ``ServerConfig.rate_limit_exempt`
 (loopback by default: tests, benchmarks, a reverse proxy on the same host that
 does not pass ``X-Forwarded-For``) are never limited. An over-limit request is
 refused with ``rate_limited`` (HTTP 429 with ``Retry-After``), a socket over the
-cap with ``too_many_connections``.
+cap with ``too_many_connections``. Storage that runs out (disk full, database
+locked or unreachable) is answered ``unavailable`` (HTTP 503): a limit of the
+machine, not a bug.
 """
 
 from __future__ import annotations
@@ -121,6 +123,16 @@ class Limits:
         self._sockets[ip] -= 1
         if self._sockets[ip] <= 0:
             del self._sockets[ip]
+
+
+STORAGE_UNAVAILABLE = "server storage is unavailable for now (disk full or busy); retry later"
+
+
+def storage_problem(exc: BaseException) -> str:
+    """The database's own reason (e.g. "database or disk is full"), never the SQL or
+    its parameters, which may hold what a client sent."""
+    orig = getattr(exc, "orig", None)
+    return f"{type(orig or exc).__name__}: {str(orig or exc).splitlines()[0][:200]}"
 
 
 def client_ip(scope: dict[str, Any]) -> str | None:

@@ -12,9 +12,10 @@ from collections.abc import Iterable
 from typing import Any
 
 import socketio
+from sqlalchemy.exc import OperationalError
 
 from bisik.proto import Envelope, ErrorCode, GroupChange, PresenceInfo, ProtocolError
-from bisik.server._limits import Limits, client_ip
+from bisik.server._limits import STORAGE_UNAVAILABLE, Limits, client_ip, storage_problem
 from bisik.server._services import Services
 from bisik.server.realtime._base import Connection, EventHandler
 from bisik.server.realtime.auth import AuthConcern
@@ -137,6 +138,10 @@ class BisikNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             result = await handler(Connection(sid, device), data)
         except ProtocolError as exc:
             return _error(exc.code, exc.message)
+        except OperationalError as exc:
+            # Disk full, database locked or unreachable: not a bug, and it passes.
+            log.warning("storage unavailable in event %s: %s", event, storage_problem(exc))
+            return _error(ErrorCode.UNAVAILABLE, STORAGE_UNAVAILABLE)
         except Exception:
             log.exception("unhandled error in event %s", event)
             return _error(ErrorCode.INTERNAL, "internal server error")
@@ -178,7 +183,11 @@ class BisikNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         await self.enter_room(sid, device_room(device.pk))
         await self.enter_room(sid, user_room(device.username))
         await self.enter_room(sid, account_room(device.username))
-        await self.presence.on_connected(sid, device)
+        try:
+            await self.presence.on_connected(sid, device)
+        except OperationalError as exc:
+            # Presence is best-effort: a full or locked database must not refuse the socket.
+            log.warning("presence not recorded at connect: %s", storage_problem(exc))
         # No keys_low here: a packet sent before the connect handler returns
         # reaches the client before its namespace is open. Clients ask for
         # their key count after every (re)connect instead.
@@ -189,4 +198,7 @@ class BisikNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             self.limits.close_socket(self._ips.pop(sid))
         device = self._devices.pop(sid, None)
         if device is not None:
-            await self.presence.on_disconnected(sid, device)
+            try:
+                await self.presence.on_disconnected(sid, device)
+            except OperationalError as exc:
+                log.warning("presence not recorded at disconnect: %s", storage_problem(exc))

@@ -6,11 +6,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from bisik.proto import ErrorCode, ProtocolError
+from bisik.server._limits import STORAGE_UNAVAILABLE, storage_problem
 from bisik.server._services import Services
 from bisik.server.stores import DeviceRow
 
@@ -81,6 +83,11 @@ def endpoint(fn: Endpoint) -> Callable[[Request], Awaitable[Response]]:
             result = await fn(request)
         except ProtocolError as exc:
             return JSONResponse(exc.to_body(), status_code=exc.http_status)
+        except OperationalError as exc:
+            # Disk full, database locked or unreachable: not a bug, and it passes.
+            log.warning("storage unavailable in %s: %s", fn.__name__, storage_problem(exc))
+            err = ProtocolError(ErrorCode.UNAVAILABLE, STORAGE_UNAVAILABLE)
+            return JSONResponse(err.to_body(), status_code=503, headers={"Retry-After": "1"})
         except Exception:
             # A bug: log the endpoint, never the request body.
             log.exception("unhandled error in %s", fn.__name__)
