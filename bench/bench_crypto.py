@@ -21,6 +21,17 @@ Run: ``.venv/bin/python bench/bench_crypto.py [--unlock-runs N] [--budget SECOND
               every message, so every message starts a new DH ratchet step)
     burst     a sends to b only (symmetric chain ratchet only)
 
+(c) Megolm (groups) encrypt+decrypt, one sender and one receiver, same three tiers:
+
+    raw       vodozemac.GroupSession.encrypt / InboundGroupSession.decrypt
+    dict      ``MegolmOutbound.encrypt`` + pickling the outbound session after each
+              (as the client persists it), and on receipt what the client does:
+              ``parse_megolm``, ``MegolmInbound.from_pickle``, ``decrypt``, and a
+              replay check on ``(session_id, message_index)`` (a Python set)
+    sqlcipher the same through the client's ``GroupStore`` on a real ``LocalStore``:
+              ``save_outbound`` in one transaction per encrypt; ``inbound`` lookup,
+              then ``mark_seen`` in one transaction per decrypt
+
 Figures are printed, never asserted.
 """
 
@@ -37,8 +48,16 @@ from pathlib import Path
 import vodozemac
 
 from _common import banner, median, percentile, summary_line
+from bisik.client._group_store import GroupStore, Inbound, Outbound
 from bisik.client._store import LocalStore
-from bisik.crypto import KdfParams, OlmMachine, create_master_key
+from bisik.crypto import (
+    KdfParams,
+    MegolmInbound,
+    MegolmOutbound,
+    OlmMachine,
+    create_master_key,
+    parse_megolm,
+)
 
 PASSWORD = "correct horse battery staple"
 
@@ -286,6 +305,108 @@ def bench_olm(budget_s: float, rounds: int) -> dict[str, float]:
     return {f"{tier} {pattern}": rate for (tier, pattern), rate in results.items()}
 
 
+# -- (c) Megolm ----------------------------------------------------------------------
+
+
+class RawGroup:
+    """A vodozemac outbound session and its inbound copy, no pickles, no store."""
+
+    def __init__(self) -> None:
+        self.out = vodozemac.GroupSession()
+        self.inb = vodozemac.InboundGroupSession(self.out.session_key)
+
+    def a_to_b(self) -> None:
+        self.inb.decrypt(self.out.encrypt(PAYLOAD))
+
+
+class WrappedGroup:
+    """Bisik's Megolm wrappers, persisting as the client does, in a dict or a GroupStore."""
+
+    GROUP = "g" * 22
+
+    def __init__(self, store: LocalStore | None) -> None:
+        self.pickle_key = bytes(32)
+        self.store = store
+        self.gdb = GroupStore(store) if store is not None else None
+        self.out = MegolmOutbound.create()
+        inbound = MegolmInbound.from_session_key(self.out.session_key())
+        self.saved = {
+            "out": self.out.pickle(self.pickle_key),
+            "in": inbound.pickle(self.pickle_key),
+        }
+        self.seen: set[tuple[str, int]] = set()
+        if self.gdb is not None and store is not None:
+            with store.transaction():
+                self.gdb.save_inbound(
+                    Inbound(self.out.session_id, self.GROUP, "a", "DEV", "k", self.saved["in"], 0),
+                    0,
+                )
+
+    def _persist_out(self) -> None:
+        pickle = self.out.pickle(self.pickle_key)
+        if self.gdb is None:
+            self.saved["out"] = pickle
+        else:
+            outbound = Outbound(self.out.session_id, pickle, 0, set())
+            self.gdb.save_outbound(self.GROUP, outbound)
+
+    def a_to_b(self) -> None:
+        if self.store is None:
+            body = self.out.encrypt(PAYLOAD)
+            self._persist_out()
+            header = parse_megolm(body)
+            MegolmInbound.from_pickle(self.saved["in"], self.pickle_key).decrypt(header)
+            key = (header.session_id, header.message_index)
+            if key in self.seen:
+                raise AssertionError("replay")
+            self.seen.add(key)
+            return
+        assert self.gdb is not None
+        with self.store.transaction():
+            body = self.out.encrypt(PAYLOAD)
+            self._persist_out()
+        header = parse_megolm(body)
+        stored = self.gdb.inbound(header.session_id)
+        assert stored is not None
+        MegolmInbound.from_pickle(stored.pickle, self.pickle_key).decrypt(header)
+        with self.store.transaction():
+            if not self.gdb.mark_seen(header.session_id, header.message_index):
+                raise AssertionError("replay")
+
+
+def bench_megolm(budget_s: float, rounds: int) -> dict[str, float]:
+    """Same interleaved slices as ``bench_olm``; burst pattern only (Megolm is one-way)."""
+    samples: dict[str, list[float]] = {}
+    slice_s = budget_s / rounds
+    with tempfile.TemporaryDirectory(prefix="bisik-bench-") as tmp:
+        store = LocalStore.open(Path(tmp) / "g.db", create_master_key(PASSWORD)[1].derive("db"))
+        try:
+            tiers: list[tuple[str, RawGroup | WrappedGroup, int]] = [
+                ("raw vodozemac", RawGroup(), 100),
+                ("wrapper + dict store", WrappedGroup(None), 50),
+                ("wrapper + SQLCipher", WrappedGroup(store), 5),
+            ]
+            for _, group, batch in tiers:
+                _run_for(group.a_to_b, 0.1, batch)  # warm-up
+            for _ in range(rounds):
+                for tier, group, batch in tiers:
+                    steps, elapsed = _run_for(group.a_to_b, slice_s, batch)
+                    samples.setdefault(tier, []).append(steps / elapsed)
+        finally:
+            store.close()
+    results = {tier: median(rates) for tier, rates in samples.items()}
+    raw = results["raw vodozemac"]
+    print(
+        f"(c) Megolm encrypt+decrypt of a {len(PAYLOAD)}-byte payload, one sender -> one "
+        f"receiver; {rounds} interleaved slices of {slice_s:.2f} s per tier, median shown"
+    )
+    print(f"    {'tier':<22} {'msgs/s':>8} {'us/msg':>8} {'x raw':>6}")
+    for tier, rate in results.items():
+        print(f"    {tier:<22} {rate:8.0f} {1e6 / rate:8.1f} {raw / rate:5.1f}x")
+    print()
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--unlock-runs", type=int, default=10)
@@ -293,14 +414,26 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved slices per cell")
     args = parser.parse_args()
 
-    banner("bench_crypto: Argon2id unlock and Olm round trips")
+    banner("bench_crypto: Argon2id unlock, Olm and Megolm through the wrappers")
     unlock = bench_unlock(args.unlock_runs)
     olm = bench_olm(args.budget, args.rounds)
+    megolm = bench_megolm(args.budget, args.rounds)
 
     summary_line("argon2id unlock median (default params)", f"{unlock['median_ms']:.1f} ms")
     summary_line("argon2id unlock p95 (default params)", f"{unlock['p95_ms']:.1f} ms")
     for name, rate in olm.items():
         summary_line(f"olm {name}", f"{rate:.0f} msgs/s")
+    for name, rate in megolm.items():
+        summary_line(f"megolm {name}", f"{rate:.0f} msgs/s")
+    raw = olm["raw vodozemac burst a->b"]
+    for tier in ("wrapper + dict store", "wrapper + SQLCipher"):
+        summary_line(
+            f"olm wrapper overhead ({tier}, burst)", f"{raw / olm[f'{tier} burst a->b']:.1f}x raw"
+        )
+        summary_line(
+            f"megolm wrapper overhead ({tier})",
+            f"{megolm['raw vodozemac'] / megolm[tier]:.1f}x raw",
+        )
 
 
 if __name__ == "__main__":
