@@ -15,8 +15,9 @@ A file of ``--size-mb`` MiB (random blocks) is written to a temp dir, then:
 
 For each phase: MB/s (MiB of plaintext per second of wall time) and the peak
 resident memory of this (client) process and of the server process during the
-phase (VmHWM, reset before each phase through /proc/<pid>/clear_refs). Figures
-are printed, never asserted.
+phase (VmHWM, reset before each phase through /proc/<pid>/clear_refs), and the CPU
+seconds each used (``cp`` runs in a child: its CPU is not counted). Figures are
+printed, never asserted.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from _common import banner, proc_memory_mib, summary_line
+from _common import banner, proc_cpu_seconds, proc_memory_mib, summary_line
 from bench_latency import FAST_KDF, PASSWORD, ServerProcess
 from bisik.client import Client
 
@@ -90,6 +91,7 @@ class Phase:
         reset_peak()
         reset_peak(self.server_pid)
         self.t0 = time.perf_counter()
+        self.cpu0 = proc_cpu_seconds(), proc_cpu_seconds(self.server_pid)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -97,9 +99,12 @@ class Phase:
         rate = self.size_mib / wall
         client_peak = proc_memory_mib()[1]
         server_peak = proc_memory_mib(self.server_pid)[1]
+        client_cpu = proc_cpu_seconds() - self.cpu0[0]
+        server_cpu = proc_cpu_seconds(self.server_pid) - self.cpu0[1]
         print(
-            f"{self.name:<22} {wall:7.2f} s  {rate:8.1f} MB/s   "
-            f"peak RSS client {client_peak:6.0f} MiB, server {server_peak:6.0f} MiB"
+            f"{self.name:<18} {wall:6.2f} s {rate:7.1f} MB/s  "
+            f"peak RSS client {client_peak:4.0f} MiB, server {server_peak:4.0f} MiB  "
+            f"CPU client {client_cpu:5.2f} s, server {server_cpu:5.2f} s"
         )
         summary_line(f"{self.name} MB/s", f"{rate:.0f}")
         summary_line(
