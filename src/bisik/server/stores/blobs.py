@@ -9,43 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import (
-    BigInteger,
-    Boolean,
-    Column,
-    ForeignKey,
-    Index,
-    Integer,
-    String,
-    Table,
-    delete,
-    func,
-    insert,
-    select,
-    update,
-)
+from sqlalchemy import Select, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bisik.server.stores.schema import Id, metadata, users
-
-blobs = Table(
-    "blobs",
-    metadata,
-    Column("id", String(64), primary_key=True),
-    Column("user_id", Id, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
-    # The uploading device: only it may send parts (an upload is per device).
-    Column("device_pk", Id, ForeignKey("devices.id", ondelete="CASCADE"), nullable=False),
-    Column("size", BigInteger, nullable=False),
-    Column("received", BigInteger, nullable=False),
-    Column("part_size", Integer, nullable=False),
-    Column("complete", Boolean, nullable=False),
-    # The backend's handle on an unfinished upload (an S3 multipart upload id).
-    Column("backend_ref", String(1024), nullable=True),
-    Column("created_at", BigInteger, nullable=False),
-    Column("expires_at", BigInteger, nullable=False),
-    Index("ix_blobs_user", "user_id"),
-    Index("ix_blobs_expires", "expires_at"),
-)
+from bisik.server.stores.schema import blobs, users
 
 
 @dataclass(frozen=True)
@@ -88,6 +55,11 @@ def _row(r: Any) -> BlobRow:
     )
 
 
+def _used_by(user_id: int) -> Select[tuple[Any]]:
+    """Bytes reserved by an account's blobs (uploads in progress included)."""
+    return select(func.coalesce(func.sum(blobs.c.size), 0)).where(blobs.c.user_id == user_id)
+
+
 class BlobStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
@@ -101,13 +73,7 @@ class BlobStore:
 
     async def usage(self, user_id: int) -> int:
         async with self._engine.connect() as conn:
-            used = (
-                await conn.execute(
-                    select(func.coalesce(func.sum(blobs.c.size), 0)).where(
-                        blobs.c.user_id == user_id
-                    )
-                )
-            ).scalar_one()
+            used = (await conn.execute(_used_by(user_id))).scalar_one()
         return int(used)
 
     async def create(
@@ -128,13 +94,7 @@ class BlobStore:
             # Serialises concurrent reservations of one account on PostgreSQL
             # (SQLite serialises writers anyway).
             await conn.execute(select(users.c.id).where(users.c.id == user_id).with_for_update())
-            used = (
-                await conn.execute(
-                    select(func.coalesce(func.sum(blobs.c.size), 0)).where(
-                        blobs.c.user_id == user_id
-                    )
-                )
-            ).scalar_one()
+            used = (await conn.execute(_used_by(user_id))).scalar_one()
             if int(used) + size > quota:
                 return False
             await conn.execute(

@@ -240,3 +240,22 @@ group_members = Table(
     Column("added_at", BigInteger, nullable=False),
     Index("ix_group_members_user", "user_id"),
 )
+
+blobs = Table(
+    "blobs",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("user_id", Id, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    # The uploading device: only it may send parts (an upload is per device).
+    Column("device_pk", Id, ForeignKey("devices.id", ondelete="CASCADE"), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("received", BigInteger, nullable=False),
+    Column("part_size", Integer, nullable=False),
+    Column("complete", Boolean, nullable=False),
+    # The backend's handle on an unfinished upload (an S3 multipart upload id).
+    Column("backend_ref", String(1024), nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+    Index("ix_blobs_user", "user_id"),
+    Index("ix_blobs_expires", "expires_at"),
+)
