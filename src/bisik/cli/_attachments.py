@@ -51,7 +51,11 @@ async def send_file(client: Client, args: argparse.Namespace, out: Output) -> in
     path = Path(args.file)
     with progress_bar(f"upload {path.name}", out) as progress:
         message = await client.send_file(
-            args.user, path, caption=args.caption or args.text or "", progress=progress
+            args.user,
+            path,
+            caption=args.caption or args.text or "",
+            progress=progress,
+            strip_metadata=not args.keep_metadata,
         )
     try:
         stored = await client.wait_sent(message.id, timeout=args.wait)

@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("text", nargs="?", default=None)
     send.add_argument("--file", type=Path, help="send this file (encrypted) instead")
     send.add_argument("--caption", help="a caption for --file")
+    send.add_argument(
+        "--keep-metadata", action="store_true", help="send an image with its EXIF (GPS...) data"
+    )
     send.add_argument("--reply", metavar="MSGID", help="reply to (quote) this message")
     send.add_argument(
         "--wait", type=float, default=15.0, help="seconds to wait for the server (default 15)"
