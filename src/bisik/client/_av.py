@@ -9,7 +9,7 @@ from __future__ import annotations
 import array
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
@@ -49,7 +49,9 @@ def probe(path: Path) -> AvInfo | None:
                 stream = container.streams.video[0]
                 info = AvInfo("video", duration, stream.width or None, stream.height or None)
                 for frame in container.decode(stream):
-                    info.poster = frame.to_image()  # type: ignore[no-untyped-call]
+                    # Typed loosely: some PyAV releases leave ``to_image`` unannotated.
+                    decoded: Any = frame
+                    info.poster = decoded.to_image()
                     break
                 return info
             if container.streams.audio:
