@@ -335,6 +335,18 @@ async def test_a_call_fails_at_once_when_its_connection_drops(
         await device.client.close()
 
 
+async def test_a_closed_client_stops_reconnecting(server: RunningServer, tmp_path: Path) -> None:
+    device = await new_device(tmp_path, server.url, "alice")
+    await server.stop()
+    sio = device.client._transport.sio
+    await wait_for(lambda: sio._reconnect_task is not None, 10)
+    await device.client.close()
+    assert sio._reconnect_task is None or sio._reconnect_task.done()
+    await server.start()  # same port: a client still trying would get in now
+    await asyncio.sleep(1.5)  # longer than the first reconnection delay (0.5 s +- 0.5 s)
+    assert not server.app.other_asgi_app.state.namespace._devices
+
+
 # -- a client frozen (SIGSTOP) for longer than the ping timeout ----------------------
 
 
@@ -403,6 +415,10 @@ async def test_client_frozen_beyond_the_ping_timeout(
             assert await proc.wait() == 0
         await reader
         await wait_converged([alice], timeout=30)
+        async with asyncio.timeout(30):  # bob's last messages may still be on their way
+            while len(alice.received) < count:
+                await asyncio.sleep(0.05)
+                alice.drain()
     finally:
         if proc.returncode is None:
             proc.kill()

@@ -75,7 +75,9 @@ class Transport:
         return f"Transport({self.server_url!r}, device={self._username}/{self._device_id})"
 
     async def aclose(self) -> None:
-        await self.sio.disconnect()
+        # shutdown, not disconnect: disconnect leaves a reconnection in progress
+        # running (it went on connecting a closed client, leaking a session each try).
+        await self.sio.shutdown()
         # Engine.IO closes its aiohttp session only on some paths (not after a
         # reconnect cut short by the disconnect); left open it leaks a socket.
         session = getattr(self.sio.eio, "http", None)
