@@ -48,7 +48,8 @@ async def send_file(client: Client, args: argparse.Namespace, out: Output) -> in
     from bisik.cli._commands import connect
 
     await connect(client, out, required=True)
-    path = Path(args.file)
+    view_once = args.view_once is not None
+    path = Path(args.view_once if view_once else args.file)
     with progress_bar(f"upload {path.name}", out) as progress:
         message = await client.send_file(
             args.user,
@@ -56,6 +57,8 @@ async def send_file(client: Client, args: argparse.Namespace, out: Output) -> in
             caption=args.caption or args.text or "",
             progress=progress,
             strip_metadata=not args.keep_metadata,
+            reply_to=args.reply,
+            view_once=view_once,
         )
     try:
         stored = await client.wait_sent(message.id, timeout=args.wait)

@@ -70,7 +70,7 @@ async def dispatch(
         return await run_demo(args, out)
     async with opened(home, read_password) as client:
         if args.command == "send":
-            if args.file is not None:
+            if args.file is not None or args.view_once is not None:
                 from bisik.cli._attachments import send_file
 
                 return await send_file(client, args, out)

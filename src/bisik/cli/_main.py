@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     send.add_argument("--reply", metavar="MSGID", help="reply to (quote) this message")
     send.add_argument(
+        "--view-once", type=Path, metavar="FILE", help="send a file that opens once, then goes"
+    )
+    send.add_argument(
         "--wait", type=float, default=15.0, help="seconds to wait for the server (default 15)"
     )
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import secrets
 import time
@@ -34,6 +35,8 @@ from bisik.client._models import (
 )
 from bisik.client._profile import OpenProfile
 from bisik.client._store import LocalStore
+from bisik.client._transport import Transport
+from bisik.proto import ProtocolError
 
 log = logging.getLogger("bisik.client.actions")
 
@@ -42,6 +45,10 @@ TIMER_CHOICES_S = (30, 300, 3600, 8 * 3600, 24 * 3600, 7 * 24 * 3600, 28 * 24 * 
 EDIT_WINDOW_MS = 24 * 3600 * 1000
 HARD_CAP_FACTOR = 2
 EXPIRY_CHECK_S = 1.0
+# A view-once message nobody opens goes after this long; an opened one after
+# ``VIEW_ONCE_WINDOW_MS`` (time to look at the file the download saved).
+VIEW_ONCE_MAX_MS = 14 * 24 * 3600 * 1000
+VIEW_ONCE_WINDOW_MS = 5 * 60 * 1000
 MAX_EMOJI_CHARS = 16
 
 
@@ -68,12 +75,15 @@ class ActionsMixin:
     _profile: OpenProfile
     _queue: asyncio.Queue[tuple[str, Any]]
     _emit: Callable[[Event], None]
+    _transport: Transport
 
     def _init_actions(self) -> None:
         # Milliseconds since the epoch; tests replace it to move time forward.
         self.clock: Callable[[], int] = _now
         self.action_stats = {"applied": 0, "refused": 0, "expired": 0}
         self._expiry_task: asyncio.Task[None] | None = None
+        # Blobs we uploaded for messages now gone: deleted from the server by the worker.
+        self._doomed_blobs: list[str] = []
 
     def _queue_group(self, group_id: str, payload: dict[str, Any]) -> str:
         raise NotImplementedError  # GroupsMixin
@@ -146,6 +156,8 @@ class ActionsMixin:
             return True
         now = self.clock()
         expire_at = hard = None
+        if view_once and expires_in is None:
+            hard = min(message.sent_at, now) + VIEW_ONCE_MAX_MS
         if expires_in is not None:
             hard = min(message.sent_at, now) + HARD_CAP_FACTOR * expires_in
             # Ours count from sending; others' from reading (mark_read starts them).
@@ -227,6 +239,51 @@ class ActionsMixin:
             )
         for event in events:
             self._emit(event)
+        self._release_blobs()
+
+    def _doom_blob(self, key: tuple[str, str]) -> tuple[Any, ...] | None:
+        """The message's attachment row ``(local_path, info)``; a blob we uploaded
+        is queued for deletion from the server."""
+        row = self._store._exec(
+            "SELECT local_path, info FROM attachments WHERE sender = ? AND message_id = ?", key
+        ).fetchone()
+        if row is not None and key[0] == self.username:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                self._doomed_blobs.append(str(json.loads(row[1])["blob_id"]))
+        return None if row is None else tuple(row)
+
+    def _release_blobs(self) -> None:
+        if self._doomed_blobs:
+            self._queue.put_nowait(("delete_blobs", None))
+
+    async def _delete_blobs(self) -> None:
+        """Delete from the server the blobs of our messages that are gone (best
+        effort: the server drops them by their time to live anyway)."""
+        doomed, self._doomed_blobs = self._doomed_blobs, []
+        for blob_id in doomed:
+            try:
+                await self._transport.request("DELETE", f"/v1/blobs/{blob_id}")
+            except ProtocolError as exc:
+                log.info("blob %s not deleted: %s", blob_id[:8], exc.code)
+
+    def _open_view_once(self, message: Message) -> None:
+        """A view-once message was opened here: it goes after a short window, at
+        once on our other devices, and cannot be opened again."""
+        now = self.clock()
+        key = (message.sender, message.id)
+        self._upsert_extras(key, "opened_at = ?, expire_at = ?", (now, now + VIEW_ONCE_WINDOW_MS))
+        self._send_action(
+            message.conversation,
+            ActionContent(kind="opened", target=message.id, target_sender=message.sender),
+            own_only=True,
+        )
+
+    def _view_once_opened(self, message: Message) -> bool:
+        row = self._store._exec(
+            "SELECT opened_at FROM message_extras WHERE sender = ? AND message_id = ?",
+            (message.sender, message.id),
+        ).fetchone()
+        return row is not None and row[0] is not None
 
     def _send_action(
         self, conversation: str, action: ActionContent, *, own_only: bool = False
@@ -303,6 +360,7 @@ class ActionsMixin:
                 self._upsert_extras(key, "edited_at = ?", (sent_at,))
             kind = "edited"
         else:
+            self._doom_blob(key)
             self._store._exec("UPDATE messages SET body = '' WHERE sender = ? AND id = ?", key)
             for table in ("message_edits", "reactions", "attachments"):
                 self._store._exec(
@@ -433,6 +491,7 @@ class ActionsMixin:
                 gone.setdefault(str(conversation), []).append(str(message_id))
         # Out of the WAL and into freed (zeroed: secure_delete) pages at once.
         self._store._exec("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._release_blobs()
         self.action_stats["expired"] += len(rows)
         for conversation, ids in gone.items():
             self._emit(MessagesExpired(conversation, ids))
@@ -441,9 +500,7 @@ class ActionsMixin:
     def _forget(self, sender: str, message_id: str) -> None:
         """Delete a message and everything about it from this device."""
         key = (sender, message_id)
-        row = self._store._exec(
-            "SELECT local_path FROM attachments WHERE sender = ? AND message_id = ?", key
-        ).fetchone()
+        row = self._doom_blob(key)
         if row is not None and row[0]:
             path = Path(str(row[0]))
             # Only files we saved into the profile; never the user's own originals.

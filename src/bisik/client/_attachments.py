@@ -31,11 +31,13 @@ from typing import IO, Any
 
 import httpx
 
+from bisik.client._actions import VIEW_ONCE_MAX_MS
 from bisik.client._attachment_info import AttachmentInfo
 from bisik.client._devices import DeviceDirectory
 from bisik.client._errors import ClientError, NotConnected
+from bisik.client._group_store import LocalGroup
 from bisik.client._media import PreparedFile, prepare_file
-from bisik.client._models import Message, direct_conversation
+from bisik.client._models import Message
 from bisik.client._profile import OpenProfile
 from bisik.client._store import LocalStore
 from bisik.client._transport import Transport
@@ -109,6 +111,8 @@ async def upload(
     prepared: PreparedFile,
     key: AttachmentKey,
     progress: Progress | None = None,
+    *,
+    ttl_ms: int | None = None,
 ) -> tuple[str, str]:
     """Encrypt and upload a prepared file; returns ``(blob_id, digest)``.
 
@@ -116,7 +120,10 @@ async def upload(
     resuming from the last part the server stored.
     """
     total = ciphertext_size(prepared.size)
-    status = await transport.request("POST", "/v1/blobs", {"size": total})
+    body: dict[str, Any] = {"size": total}
+    if ttl_ms:
+        body["ttl_ms"] = ttl_ms
+    status = await transport.request("POST", "/v1/blobs", body)
     blob_id = str(status["blob_id"])
     part_size = int(status["part_size"])
     hasher = hashlib.sha256()
@@ -330,6 +337,12 @@ class AttachmentsMixin:
     _profile: OpenProfile
     _devices: DeviceDirectory
     _queue_message: Callable[[str, str, dict[str, Any], dict[str, Any]], Message]
+    conversation_id: Callable[[str], str]
+    _outgoing_extras: Callable[[str, str | None], dict[str, Any]]
+    group: Callable[[str], LocalGroup]
+    _find: Callable[[str], Message | None]
+    _view_once_opened: Callable[[Message], bool]
+    _open_view_once: Callable[[Message], None]
 
     async def send_file(
         self,
@@ -339,8 +352,15 @@ class AttachmentsMixin:
         caption: str = "",
         progress: Progress | None = None,
         strip_metadata: bool = True,
+        reply_to: str | None = None,
+        view_once: bool = False,
     ) -> Message:
-        """Encrypt and upload a file, then queue a message to ``peer`` that carries its key.
+        """Encrypt and upload a file, then queue a message to ``peer`` (a user or a
+        ``#group``) that carries its key.
+
+        The conversation's disappearing timer applies (the server deletes the blob
+        by the message's hard cap); a ``view_once`` file can be opened once by each
+        recipient (``download_attachment``), then it is deleted like an expired message.
 
         Images lose their EXIF/XMP metadata (``strip_metadata=False`` keeps the
         file byte for byte) and gain width, height, a blurhash and a thumbnail.
@@ -354,17 +374,32 @@ class AttachmentsMixin:
             ProtocolError: ``quota_exceeded``, ``blob_too_large``, ``unknown_user``.
             AttachmentError: the upload failed after retries.
         """
-        validate_username(peer)
+        if not peer.startswith("#"):
+            validate_username(peer)
         caption_bytes = len(caption.encode())
         if caption_bytes > MAX_CAPTION_BYTES:
             raise ClientError(f"caption too long ({MAX_CAPTION_BYTES:,} bytes at most)")
-        await self._devices.recipient_devices(peer, refresh=False)
+        conversation = self.conversation_id(peer)
+        extras = self._outgoing_extras(conversation, reply_to)
+        if view_once:
+            extras["view_once"] = True
+            extras.setdefault("ttl_ms", VIEW_ONCE_MAX_MS)
+        if peer.startswith("#"):
+            group = self.group(peer)
+            if not group.active:
+                raise ClientError("you are no longer a member of this group")
+            route: dict[str, Any] = {"group": group.group_id, "type": "text"}
+        else:
+            await self._devices.recipient_devices(peer, refresh=False)
+            route = {"to": peer}
         try:
             prepared = await asyncio.to_thread(prepare_file, path, strip_metadata=strip_metadata)
         except OSError as exc:
             raise AttachmentError(f"cannot read {path}: {exc.strerror or exc}") from None
         key = AttachmentKey.generate()
-        blob_id, digest = await upload(self._transport, prepared, key, progress)
+        blob_id, digest = await upload(
+            self._transport, prepared, key, progress, ttl_ms=extras.get("ttl_ms")
+        )
         info = AttachmentInfo(
             blob_id=blob_id,
             key=key.to_base64(),
@@ -384,7 +419,7 @@ class AttachmentsMixin:
         local = None if prepared.stripped else str(prepared.path)
         with self._store.transaction():
             message = self._queue_message(
-                direct_conversation(peer), caption, {"to": peer}, {"attachment": info.model_dump()}
+                conversation, caption, route, {"attachment": info.model_dump(), **extras}
             )
             self._store.put_attachment(self.username, message.id, info.model_dump_json(), local)
         return dataclasses.replace(message, attachment=info)
@@ -416,10 +451,22 @@ class AttachmentsMixin:
         if found is None:
             raise AttachmentError(f"message {message_id} has no attachment")
         info, _ = found
+        message = self._find(message_id)
+        view_once = message is not None and message.view_once
+        if view_once:
+            assert message is not None
+            if message.direction == "out":
+                raise AttachmentError("a view-once file is for its recipients only")
+            if self._view_once_opened(message):
+                raise AttachmentError("this view-once file was already opened")
+            out = None  # inside the profile, so it is deleted with the message
         dest = target_path(info, out, self._profile.home / "downloads")
         await download(self._transport, info, dest, progress)
         with self._store.transaction():
             self._store.set_attachment_path(message_id, str(dest.resolve()))
+            if view_once:
+                assert message is not None
+                self._open_view_once(message)
         return dest
 
     async def delete_attachment(self, message_id: str) -> None:

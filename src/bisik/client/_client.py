@@ -367,6 +367,8 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
                     await self._send_typing(*data)
                 elif kind == "expire":
                     self.expire_now()
+                elif kind == "delete_blobs":
+                    await self._delete_blobs()
                 elif kind == "group_changed":
                     await self._group_changed(data)
                 elif kind == "key_request_out":
@@ -631,7 +633,10 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
         with self._store.transaction():
             self._store.insert_message(message)
             self._record_extras(
-                message, reply_to=extras.get("reply_to"), expires_in=extras.get("expires_in")
+                message,
+                reply_to=extras.get("reply_to"),
+                expires_in=extras.get("expires_in"),
+                view_once=bool(extras.get("view_once")),
             )
             self._store.add_outbox(
                 message.id,

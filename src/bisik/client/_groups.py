@@ -399,6 +399,7 @@ class GroupsMixin:
             expires_in=payload.get("expires_in"),
             view_once=bool(payload.get("view_once", False)),
             action=payload.get("action"),
+            attachment=payload.get("attachment"),
         )
         with self._store.transaction():
             index = session.message_index
@@ -604,8 +605,13 @@ class GroupsMixin:
                     received_at=_now(),
                     server_seq=item.server_seq,
                     state="received" if incoming else "sent",
+                    attachment=content.attachment,
                 )
                 if self._store.insert_message(message):
+                    if content.attachment is not None:
+                        self._store.put_attachment(
+                            item.sender, content.id, content.attachment.model_dump_json(), None
+                        )
                     if self._record_extras(
                         message,
                         reply_to=content.reply_to,

@@ -340,6 +340,7 @@ class GroupPlaintext(BaseModel):
     sent_at: int
     body: str = Field(default="", max_length=64 * 1024)
     meta: GroupMeta | None = None
+    attachment: AttachmentInfo | None = None
     reply_to: str | None = Field(default=None, max_length=64)
     expires_in: int | None = Field(default=None, ge=1000, le=60 * 24 * 3600 * 1000)
     view_once: bool = False

@@ -102,6 +102,7 @@ CREATE TABLE IF NOT EXISTS message_extras (
     view_once INTEGER NOT NULL DEFAULT 0,
     edited_at INTEGER,
     deleted_at INTEGER,
+    opened_at INTEGER,
     PRIMARY KEY (sender, message_id)
 );
 CREATE INDEX IF NOT EXISTS message_extras_expire ON message_extras (expire_at);

@@ -10,7 +10,7 @@ from typing import Annotated
 
 from pydantic import Field, StringConstraints
 
-from bisik.proto._models import _Model
+from bisik.proto._models import TtlMs, _Model
 
 # 32 random bytes, URL-safe base64: the only handle on a blob, unguessable.
 BlobId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{43}$")]
@@ -22,6 +22,8 @@ class BlobCreate(_Model):
     """Start an upload of ``size`` bytes of ciphertext."""
 
     size: int = Field(ge=1, le=MAX_BLOB_BYTES)
+    # For a disappearing message: delete the blob this long after upload at the latest.
+    ttl_ms: TtlMs | None = None
 
 
 class BlobStatus(_Model):

@@ -86,7 +86,8 @@ class BlobsHandler:
             backend_ref=ref,
             quota=cfg.blob_quota_bytes,
             now=now,
-            expires_at=now + cfg.upload_ttl_s * 1000,
+            expires_at=now + min(cfg.upload_ttl_s * 1000, req.ttl_ms or cfg.upload_ttl_s * 1000),
+            ttl_ms=req.ttl_ms,
         )
         if not ok:
             await self.backend.delete(blob_id, ref, False)
@@ -148,7 +149,8 @@ class BlobsHandler:
             raise ProtocolError(ErrorCode.OFFSET_MISMATCH, "another request stored this part")
         if offset + written == row.size:
             await self.backend.complete(blob_id, row.backend_ref)
-            await self._store.mark_complete(blob_id, now_ms() + self._config.blob_ttl_s * 1000)
+            life = self._config.blob_ttl_s * 1000
+            await self._store.mark_complete(blob_id, now_ms() + min(life, row.ttl_ms or life))
         return _status(await self._get(blob_id))
 
     async def open(

@@ -26,6 +26,7 @@ class BlobRow:
     complete: bool
     backend_ref: str | None
     expires_at: int
+    ttl_ms: int | None = None
 
 
 _COLUMNS = (
@@ -38,6 +39,7 @@ _COLUMNS = (
     blobs.c.complete,
     blobs.c.backend_ref,
     blobs.c.expires_at,
+    blobs.c.ttl_ms,
 )
 
 
@@ -52,6 +54,7 @@ def _row(r: Any) -> BlobRow:
         bool(r[6]),
         None if r[7] is None else str(r[7]),
         int(r[8]),
+        None if r[9] is None else int(r[9]),
     )
 
 
@@ -88,6 +91,7 @@ class BlobStore:
         quota: int,
         now: int,
         expires_at: int,
+        ttl_ms: int | None = None,
     ) -> bool:
         """Reserve ``size`` bytes of the account's quota; ``False`` if it would overflow."""
         async with self._engine.begin() as conn:
@@ -109,6 +113,7 @@ class BlobStore:
                     backend_ref=backend_ref,
                     created_at=now,
                     expires_at=expires_at,
+                    ttl_ms=ttl_ms,
                 )
             )
         return True

@@ -256,6 +256,8 @@ blobs = Table(
     Column("backend_ref", String(1024), nullable=True),
     Column("created_at", BigInteger, nullable=False),
     Column("expires_at", BigInteger, nullable=False),
+    # A disappearing message's attachment: deleted this long after upload at the latest.
+    Column("ttl_ms", BigInteger, nullable=True),
     Index("ix_blobs_user", "user_id"),
     Index("ix_blobs_expires", "expires_at"),
 )
