@@ -76,6 +76,7 @@ class ActionsMixin:
     _queue: asyncio.Queue[tuple[str, Any]]
     _emit: Callable[[Event], None]
     _transport: Transport
+    _with_attachments: Callable[[list[Message]], list[Message]]
 
     def _init_actions(self) -> None:
         # Milliseconds since the epoch; tests replace it to move time forward.
@@ -549,9 +550,11 @@ class ActionsMixin:
         return self._with_extras([Message.from_row(row)])[0]
 
     def _with_extras(self, messages: list[Message]) -> list[Message]:
-        """Add reply, timer, edit, deletion and reaction state to stored messages."""
+        """Add attachment, reply, timer, edit, deletion and reaction state to
+        stored messages."""
         if not messages:
             return messages
+        messages = self._with_attachments(messages)
         out = []
         for m in messages:
             key = (m.sender, m.id)

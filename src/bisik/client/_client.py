@@ -859,7 +859,7 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
         """The last ``limit`` messages with ``peer`` (or in group ``#name``), oldest first."""
         self.expire_now()
         rows = self._store.history(self._conversation_of(peer), limit, before)
-        return self._with_extras(self._with_attachments([Message.from_row(r) for r in rows]))
+        return self._with_extras([Message.from_row(r) for r in rows])
 
     def conversation_id(self, peer: str) -> str:
         """The conversation id (``@user`` or ``#group_id``) of a user or ``#group``."""
@@ -881,7 +881,7 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
         if rows:
             with self._store.transaction():
                 self._store.set_meta("unread_cursor", str(rows[-1][10]))
-        return self._with_extras(self._with_attachments([Message.from_row(r) for r in rows]))
+        return self._with_extras([Message.from_row(r) for r in rows])
 
     def conversations(self) -> list[tuple[str, str]]:
         """``(conversation_id, last_message_body)``, most recent first."""
