@@ -56,3 +56,26 @@ def test_actions_through_the_cli(server_process: str, tmp_path: Path) -> None:
     assert run(*ann, "timer", "ben", "off", env=env).returncode == 0
     plain = lines(run(*ann, "send", "ben", "no timer now", env=env))[-1]
     assert plain["expires_in"] is None
+
+
+def test_view_once_through_the_cli(server_process: str, tmp_path: Path) -> None:
+    env = {**os.environ, "BISIK_PASSWORD": "cli password"}
+    ann = ["--home", str(tmp_path / "ann"), "--json"]
+    ben = ["--home", str(tmp_path / "ben"), "--json"]
+    for home, name in ((ann, "ann"), (ben, "ben")):
+        made = run(
+            *home, "account", "create", "--server", server_process, "--username", name, env=env
+        )
+        assert made.returncode == 0, made.stderr
+    photo = tmp_path / "once.txt"
+    photo.write_text("for your eyes only")
+    sent = run(*ann, "send", "ben", "--view-once", str(photo), env=env)
+    assert sent.returncode == 0, sent.stderr
+    got = lines(run(*ben, "receive", env=env))
+    assert [(m["view_once"], m["attachment"]["name"]) for m in got] == [(True, "once.txt")]
+    first = run(*ben, "download", got[0]["id"], env=env)
+    assert first.returncode == 0, first.stderr
+    saved = Path(lines(first)[-1]["path"])
+    assert saved.read_text() == "for your eyes only"
+    again = run(*ben, "download", got[0]["id"], env=env)
+    assert again.returncode == 1 and "already opened" in again.stderr
