@@ -180,7 +180,10 @@ async def run_kind(kind: str, server: ServerProcess, counts: list[int]) -> dict[
     out: dict[str, float] = {}
     await server.start()
     sockets: list[LightSocket] = []
-    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+    # Idle keep-alive connections expire before uvicorn's 5 s timeout closes them (as the SDK).
+    limits = httpx.Limits(
+        max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY, keepalive_expiry=2.0
+    )
     try:
         async with httpx.AsyncClient(base_url=server.url, timeout=60, limits=limits) as http:
             devices: list[Any]
@@ -191,8 +194,17 @@ async def run_kind(kind: str, server: ServerProcess, counts: list[int]) -> dict[
 
                 async def register(device: BisikDevice) -> None:
                     async with gate:
-                        resp = await http.post("/v1/accounts", json=device.register_body())
-                        resp.raise_for_status()
+                        for attempt in range(5):
+                            try:
+                                resp = await http.post("/v1/accounts", json=device.register_body())
+                            except httpx.TransportError:  # e.g. a keep-alive connection closed
+                                await asyncio.sleep(0.2)
+                                continue
+                            # A retry of a request the server did complete finds the name taken.
+                            if resp.status_code < 400 or (attempt and resp.status_code == 409):
+                                return
+                            resp.raise_for_status()
+                        raise RuntimeError(f"could not register {device.username}")
 
                 await asyncio.gather(*(register(d) for d in devices))
                 print(f"  [{kind}] {total} accounts registered in {time.perf_counter() - t0:.1f} s")
