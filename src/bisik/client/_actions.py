@@ -45,6 +45,8 @@ TIMER_CHOICES_S = (30, 300, 3600, 8 * 3600, 24 * 3600, 7 * 24 * 3600, 28 * 24 * 
 EDIT_WINDOW_MS = 24 * 3600 * 1000
 HARD_CAP_FACTOR = 2
 EXPIRY_CHECK_S = 1.0
+# Group messages still waiting for a key are asked for again this often (ticks).
+KEY_RETRY_TICKS = 31
 # A view-once message nobody opens goes after this long; an opened one after
 # ``VIEW_ONCE_WINDOW_MS`` (time to look at the file the download saved).
 VIEW_ONCE_MAX_MS = 14 * 24 * 3600 * 1000
@@ -77,6 +79,7 @@ class ActionsMixin:
     _emit: Callable[[Event], None]
     _transport: Transport
     _with_attachments: Callable[[list[Message]], list[Message]]
+    _rerequest_keys: Callable[[], None]
 
     def _init_actions(self) -> None:
         # Milliseconds since the epoch; tests replace it to move time forward.
@@ -519,8 +522,12 @@ class ActionsMixin:
             self._store._exec("DELETE FROM outbox WHERE message_id = ?", (message_id,))
 
     async def _expiry_loop(self) -> None:
+        ticks = 0
         while True:
             await asyncio.sleep(EXPIRY_CHECK_S)
+            ticks += 1
+            if ticks % KEY_RETRY_TICKS == 0:
+                self._rerequest_keys()
             now = self.clock()
             due = self._store._exec(
                 "SELECT 1 FROM message_extras WHERE expire_at <= ? OR hard_expire_at <= ? LIMIT 1",

@@ -353,6 +353,7 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
                     self._devices.forget_all()
                     await self._sync_groups()
                     await self._resync()
+                    self._rerequest_keys()
                     await self._flush_outbox()
                     await self._replenish_keys()
                     await self._devices.watch([u for u, *_ in self._store.identities()])

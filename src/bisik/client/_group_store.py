@@ -144,7 +144,9 @@ class GroupStore:
             "INSERT INTO groups (id, version, members, active, updated_at) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT (id) DO UPDATE SET version = excluded.version, "
             "members = excluded.members, active = excluded.active, "
-            "updated_at = excluded.updated_at",
+            "updated_at = excluded.updated_at "
+            # Answers to concurrent calls arrive in any order: never go back.
+            "WHERE excluded.version >= groups.version",
             (group_id, version, data, int(active), now),
         )
 

@@ -702,6 +702,15 @@ class GroupsMixin:
 
     # -- key requests -----------------------------------------------------------------
 
+    def _rerequest_keys(self) -> None:
+        """Ask again for the keys of messages still waiting (throttled per session):
+        a request can be lost, or reach the owner before it could answer."""
+        seen: set[str] = set()
+        for item in self._gdb.waiting():
+            if item.session_id not in seen:
+                seen.add(item.session_id)
+                self._queue.put_nowait(("key_request_out", item))
+
     async def _request_key(self, item: Waiting) -> None:
         """Ask the sender's devices for the key of a waiting message (throttled)."""
         inbound = self._gdb.inbound(item.session_id)
