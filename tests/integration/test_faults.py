@@ -148,7 +148,7 @@ async def keep_sending(
         )
         device.sent.append((peer, message.id))
         i += 1
-        await asyncio.sleep(rng.uniform(0.05, 0.25))
+        await asyncio.sleep(rng.uniform(0.1, 0.4))
 
 
 @contextlib.asynccontextmanager
@@ -197,7 +197,7 @@ async def test_sigkilled_server_loses_and_duplicates_nothing(tmp_path: Path) -> 
         unacked_at_kill = 0
         async with chatting(devices, rng, "canary-kill"):
             for _ in range(KILLS):
-                await asyncio.sleep(rng.uniform(0.05, 2.0))
+                await asyncio.sleep(rng.uniform(0.05, 1.2))
                 unacked_at_kill += sum(d.client.pending_count() for d in devices)
                 server.kill()
                 await asyncio.sleep(rng.uniform(0.0, 0.3))
