@@ -69,6 +69,8 @@ log = logging.getLogger("bisik.client")
 # Long enough for any chat message, small enough that one send to many devices
 # stays far below the server's frame limit (longer text belongs in an attachment).
 MAX_TEXT_BYTES = 16 * 1024
+# How long delivered receipts wait to be coalesced (one per sender per burst).
+RECEIPT_DELAY_S = 0.2
 
 
 # Seconds before a send the server refused for now (rate, storage) is tried again.
@@ -124,6 +126,7 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
         self._transport.on("presence", self._on_presence)
         self._signals = Signals(store, username, self._emit)
         self._delivered: dict[str, list[str]] = {}
+        self._receipts_due = False
         self._transport.on("device_removed", self._on_device_removed)
         self._transport.on("resync", self._on_resync)
         self._backup_dirty = False
@@ -243,6 +246,11 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
         await self.close()
 
     async def close(self) -> None:
+        if self._delivered:
+            # Receipts still waiting to be coalesced: queued now, sent if we can.
+            self._queue_delivered_receipts()
+            if self.connected and self._worker is not None:
+                await self.drain_outbox(2)
         if self._backup_dirty and self.connected:
             with contextlib.suppress(ClientError, ProtocolError, TimeoutError):
                 await asyncio.wait_for(self.backup_now(), 10)
@@ -368,6 +376,9 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
                     await self._send_typing(*data)
                 elif kind == "expire":
                     self.expire_now()
+                elif kind == "receipts":
+                    self._receipts_due = False
+                    self._queue_delivered_receipts()
                 elif kind == "delete_blobs":
                     await self._delete_blobs()
                 elif kind == "group_changed":
@@ -413,8 +424,17 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
             if done and self._transport.connected:
                 with contextlib.suppress(NotConnected, ProtocolError):
                     await self._transport.call("ack", {"ids": done})
-            self._queue_delivered_receipts()
+            self._schedule_delivered_receipts()
         return received
+
+    def _schedule_delivered_receipts(self) -> None:
+        """Delivered receipts wait ``RECEIPT_DELAY_S``, so a burst of messages is
+        answered by one receipt per sender instead of one per message."""
+        if self._delivered and not self._receipts_due:
+            self._receipts_due = True
+            asyncio.get_running_loop().call_later(
+                RECEIPT_DELAY_S, self._queue.put_nowait, ("receipts", None)
+            )
 
     def _queue_delivered_receipts(self) -> None:
         """Tell each sender their messages reached this device (one receipt per batch)."""
