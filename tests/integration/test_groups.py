@@ -18,6 +18,8 @@ from bisik.client import (
     MessageReceived,
     MessageWaiting,
 )
+from bisik.client._models import DeviceStamp, GroupPlaintext, RoomKeyContent
+from bisik.crypto import MegolmInbound, MegolmOutbound
 from bisik.proto import ErrorCode, ProtocolError
 from bisik.server.stores.schema import devices, envelopes, messages, users
 from tests.conftest import ClientFactory, RunningServer, next_event, record_group_stats
@@ -409,3 +411,82 @@ async def test_a_thousand_members_and_no_more(
     assert refused.value.code == ErrorCode.UNKNOWN_USER
     listed = await alice._transport.call("group_list", {})
     assert [g["group_id"] for g in listed["groups"]] == [info["group_id"]]
+
+
+async def test_forged_key_answers_and_removed_senders_are_refused(
+    make_client: ClientFactory, server: RunningServer
+) -> None:
+    """A member answering a key request on someone else's behalf, and a removed
+    member whose messages a compromised server still delivers."""
+    alice = await make_client("alice")
+    bob = await make_client("bob")
+    mallory = await make_client("mallory")
+    b_in = bob.subscribe()
+    group = await alice.create_group("Trust", ["bob", "mallory"])
+    await sent(alice, "#Trust", "hello all")
+    assert await group_bodies(b_in, 1) == ["hello all"]
+    await until(lambda: local(mallory, group.group_id) is not None)
+
+    # mallory holds alice's session key (she is a member) and forwards it to bob as
+    # if it were an answer from alice's account.
+    session = alice._gdb.outbound(group.group_id)
+    assert session is not None
+    await until(lambda: mallory._gdb.inbound(session.session_id) is not None)
+    hers = mallory._gdb.inbound(session.session_id)
+    assert hers is not None
+    exported = MegolmInbound.from_pickle(hers.pickle, mallory._pickle_key).export_at(
+        hers.first_index
+    )
+    assert exported is not None
+    forged = RoomKeyContent(
+        group_id=group.group_id,
+        session_id=session.session_id,
+        key=exported,
+        exported=True,
+        owner=DeviceStamp(
+            username="alice", device_id=alice.device_id, ed25519=alice._machine.ed25519
+        ),
+    )
+    bob_devices = await mallory._devices.recipient_devices("bob", refresh=True)
+    await mallory._send_olm_control(group.group_id, bob_devices, "room_key", room_key=forged)
+    failure = await next_event(b_in, DecryptionFailed)
+    assert "another user" in failure.reason
+
+    # mallory talks, is removed, and a compromised server keeps delivering her messages.
+    await sent(mallory, "#Trust", "still a member")
+    assert await group_bodies(b_in, 1) == ["still a member"]
+    outbound = mallory._gdb.outbound(group.group_id)  # her ratchet, kept by the attacker
+    assert outbound is not None
+    await alice.remove_member("#Trust", "mallory")
+    await until(lambda: [m.username for m in bob.group(group.group_id).members] == ["alice", "bob"])
+    # A new message under mallory's session, injected by the server after her removal.
+    ratchet = MegolmOutbound.from_pickle(outbound.pickle, mallory._pickle_key)
+    content = GroupPlaintext(
+        type="text",
+        id="mallory-after-removal",
+        sender=DeviceStamp(
+            username="mallory", device_id=mallory.device_id, ed25519=mallory._machine.ed25519
+        ),
+        group_id=group.group_id,
+        sent_at=1,
+        body="I was never removed",
+    )
+    body = ratchet.encrypt(content.model_dump_json().encode())
+    async with server.services.engine.begin() as conn:
+        injected = (
+            await conn.execute(
+                insert(messages)
+                .values(
+                    sender_device_pk=await device_pk(server, mallory),
+                    client_message_id="mallory-after-removal",
+                    created_at=0,
+                    group_id=group.group_id,
+                    body=body,
+                )
+                .returning(messages.c.id)
+            )
+        ).scalar_one()
+    await deliver_copy(server, injected, bob)
+    failure = await next_event(b_in, DecryptionFailed)
+    assert "not a member" in failure.reason
+    assert "I was never removed" not in [m.body for m in bob.history("#Trust")]

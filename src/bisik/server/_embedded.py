@@ -43,6 +43,7 @@ class EmbeddedServer:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        await self._wait_for_port()
         self.app = create_app(self.config)
         self._server = _Server(
             uvicorn.Config(
@@ -62,6 +63,21 @@ class EmbeddedServer:
                 self._task.result()
                 raise RuntimeError("the server stopped during startup")
             await asyncio.sleep(0.01)
+
+    async def _wait_for_port(self, timeout: float = 10.0) -> None:
+        """On a restart, the port may be briefly held by another socket (an
+        outgoing connection's ephemeral port): wait until it can be bound."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            with socket.socket() as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind((self.host, self.port))
+                    return
+                except OSError:
+                    if asyncio.get_running_loop().time() > deadline:
+                        raise
+            await asyncio.sleep(0.1)
 
     async def stop(self) -> None:
         if self._server is not None and self._task is not None:
