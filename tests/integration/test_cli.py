@@ -30,6 +30,21 @@ def lines(proc: subprocess.CompletedProcess[str]) -> list[dict[str, object]]:
     return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
 
 
+CLI_ENV = {**os.environ, "BISIK_PASSWORD": "cli password"}
+
+
+def cli_accounts(server: str, tmp_path: Path, *names: str) -> list[list[str]]:
+    """Create an account per name, each in its own home; returns each one's
+    ``--home ... --json`` arguments."""
+    homes = []
+    for name in names:
+        home = ["--home", str(tmp_path / name), "--json"]
+        made = run(*home, "account", "create", "--server", server, "--username", name, env=CLI_ENV)
+        assert made.returncode == 0, made.stderr
+        homes.append(home)
+    return homes
+
+
 def start_server(data: Path, port: int) -> subprocess.Popen[bytes]:
     """`bisik server` in a subprocess, once it answers its health check."""
     proc = subprocess.Popen(

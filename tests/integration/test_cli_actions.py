@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from tests.integration.test_cli import lines, run, server_process
+from tests.integration.test_cli import CLI_ENV, cli_accounts, lines, run, server_process
 
 __all__ = ["server_process"]
 
 
 def test_actions_through_the_cli(server_process: str, tmp_path: Path) -> None:
-    env = {**os.environ, "BISIK_PASSWORD": "cli password"}
-    ann = ["--home", str(tmp_path / "ann"), "--json"]
-    ben = ["--home", str(tmp_path / "ben"), "--json"]
-    for home, name in ((ann, "ann"), (ben, "ben")):
-        made = run(
-            *home, "account", "create", "--server", server_process, "--username", name, env=env
-        )
-        assert made.returncode == 0, made.stderr
+    env = CLI_ENV
+    ann, ben = cli_accounts(server_process, tmp_path, "ann", "ben")
 
     timer = run(*ann, "timer", "ben", "1h", env=env)
     assert timer.returncode == 0, timer.stderr
@@ -59,14 +52,8 @@ def test_actions_through_the_cli(server_process: str, tmp_path: Path) -> None:
 
 
 def test_view_once_through_the_cli(server_process: str, tmp_path: Path) -> None:
-    env = {**os.environ, "BISIK_PASSWORD": "cli password"}
-    ann = ["--home", str(tmp_path / "ann"), "--json"]
-    ben = ["--home", str(tmp_path / "ben"), "--json"]
-    for home, name in ((ann, "ann"), (ben, "ben")):
-        made = run(
-            *home, "account", "create", "--server", server_process, "--username", name, env=env
-        )
-        assert made.returncode == 0, made.stderr
+    env = CLI_ENV
+    ann, ben = cli_accounts(server_process, tmp_path, "ann", "ben")
     photo = tmp_path / "once.txt"
     photo.write_text("for your eyes only")
     sent = run(*ann, "send", "ben", "--view-once", str(photo), env=env)

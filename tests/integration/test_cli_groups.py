@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from tests.integration.test_cli import lines, run, server_process
+from tests.integration.test_cli import CLI_ENV, cli_accounts, lines, run, server_process
 
 __all__ = ["server_process"]
 
 
 def test_groups_through_the_cli(server_process: str, tmp_path: Path) -> None:
-    env = {**os.environ, "BISIK_PASSWORD": "cli password"}
-    homes = {name: ["--home", str(tmp_path / name), "--json"] for name in ("ann", "ben", "cat")}
-    for name, home in homes.items():
-        created = run(
-            *home, "account", "create", "--server", server_process, "--username", name, env=env
-        )
-        assert created.returncode == 0, created.stderr
-    ann, ben, cat = homes["ann"], homes["ben"], homes["cat"]
+    env = CLI_ENV
+    ann, ben, cat = cli_accounts(server_process, tmp_path, "ann", "ben", "cat")
 
     made = run(*ann, "group", "create", "Climbing", "--members", "ben", env=env)
     assert made.returncode == 0, made.stderr
@@ -67,14 +60,8 @@ def test_groups_through_the_cli(server_process: str, tmp_path: Path) -> None:
 
 
 def test_group_chat(server_process: str, tmp_path: Path) -> None:
-    env = {**os.environ, "BISIK_PASSWORD": "cli password"}
-    ann = ["--home", str(tmp_path / "ann"), "--json"]
-    ben = ["--home", str(tmp_path / "ben"), "--json"]
-    for home, name in ((ann, "ann"), (ben, "ben")):
-        made = run(
-            *home, "account", "create", "--server", server_process, "--username", name, env=env
-        )
-        assert made.returncode == 0, made.stderr
+    env = CLI_ENV
+    ann, ben = cli_accounts(server_process, tmp_path, "ann", "ben")
     assert run(*ann, "group", "create", "Band", "--members", "ben", env=env).returncode == 0
     assert run(*ann, "send", "#Band", "rehearsal friday", env=env).returncode == 0
     chat = run(*ben, "chat", "#Band", env=env, input="count me in\n/quit\n")
