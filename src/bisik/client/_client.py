@@ -812,32 +812,43 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
         if not targets:
             return []
         await self._devices.ensure_sessions(self._machine, targets)
+        return self._olm_envelopes(
+            targets,
+            type=payload.get("type", "text"),
+            id=message_id,
+            to=peer,
+            sent_at=int(payload["sent_at"]),
+            body=str(payload.get("body", "")),
+            receipt=payload.get("receipt"),
+            typing=payload.get("typing"),
+            attachment=payload.get("attachment"),
+            reply_to=payload.get("reply_to"),
+            expires_in=payload.get("expires_in"),
+            view_once=bool(payload.get("view_once", False)),
+            action=payload.get("action"),
+        )
+
+    def _olm_envelopes(
+        self, devices: list[StoredDevice], *, to: str | None = None, **content: Any
+    ) -> list[dict[str, Any]]:
+        """One Olm envelope per device; each content names its sender and recipient
+        device (``to`` defaults to the recipient's username)."""
         sender = DeviceStamp(
             username=self.username, device_id=self.device_id, ed25519=self._machine.ed25519
         )
         envelopes: list[dict[str, Any]] = []
         with self._store.transaction():
-            for device in targets:
-                content = Plaintext(
-                    type=payload.get("type", "text"),
-                    id=message_id,
+            for device in devices:
+                plaintext = Plaintext(
                     sender=sender,
                     recipient=DeviceStamp(
                         username=device.username, device_id=device.device_id, ed25519=device.ed25519
                     ),
-                    to=peer,
-                    sent_at=int(payload["sent_at"]),
-                    body=str(payload.get("body", "")),
-                    receipt=payload.get("receipt"),
-                    typing=payload.get("typing"),
-                    attachment=payload.get("attachment"),
-                    reply_to=payload.get("reply_to"),
-                    expires_in=payload.get("expires_in"),
-                    view_once=bool(payload.get("view_once", False)),
-                    action=payload.get("action"),
+                    to=device.username if to is None else to,
+                    **content,
                 )
                 msg_type, body = self._machine.encrypt(
-                    device.curve25519, content.model_dump_json().encode()
+                    device.curve25519, plaintext.model_dump_json().encode()
                 )
                 envelopes.append(
                     {

@@ -91,6 +91,7 @@ class GroupsMixin:
     _apply_action: Callable[..., list[Event]]
     _with_extras: Callable[[list[Message]], list[Message]]
     _queue_message: Callable[[str, str, dict[str, Any], dict[str, Any]], Message]
+    _olm_envelopes: Callable[..., list[dict[str, Any]]]
 
     def _init_groups(self, pickle_key: bytes) -> None:
         self._gdb = GroupStore(self._store)
@@ -469,33 +470,7 @@ class GroupsMixin:
         for start in range(0, len(devices), MAX_ENVELOPES_PER_SEND):
             chunk = devices[start : start + MAX_ENVELOPES_PER_SEND]
             message_id = secrets.token_urlsafe(16)
-            envelopes = []
-            with self._store.transaction():
-                for device in chunk:
-                    content = Plaintext(
-                        type=kind,
-                        id=message_id,
-                        sender=self._stamp(),
-                        recipient=DeviceStamp(
-                            username=device.username,
-                            device_id=device.device_id,
-                            ed25519=device.ed25519,
-                        ),
-                        to=device.username,
-                        sent_at=now,
-                        **fields,
-                    )
-                    msg_type, body = self._machine.encrypt(
-                        device.curve25519, content.model_dump_json().encode()
-                    )
-                    envelopes.append(
-                        {
-                            "username": device.username,
-                            "device_id": device.device_id,
-                            "type": msg_type,
-                            "body": body,
-                        }
-                    )
+            envelopes = self._olm_envelopes(chunk, type=kind, id=message_id, sent_at=now, **fields)
             await self._transport.call(
                 "send",
                 {"client_message_id": message_id, "group_id": group_id, "envelopes": envelopes},
