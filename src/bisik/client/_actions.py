@@ -80,6 +80,8 @@ class ActionsMixin:
     _transport: Transport
     _with_attachments: Callable[[list[Message]], list[Message]]
     _rerequest_keys: Callable[[], None]
+    _queue_group: Callable[[str, dict[str, Any]], str]  # GroupsMixin
+    conversation_id: Callable[[str], str]  # Client
 
     def _init_actions(self) -> None:
         # Milliseconds since the epoch; tests replace it to move time forward.
@@ -89,19 +91,13 @@ class ActionsMixin:
         # Blobs we uploaded for messages now gone: deleted from the server by the worker.
         self._doomed_blobs: list[str] = []
 
-    def _queue_group(self, group_id: str, payload: dict[str, Any]) -> str:
-        raise NotImplementedError  # GroupsMixin
-
-    def _conversation_of(self, peer: str) -> str:
-        raise NotImplementedError  # Client
-
     # -- timers -------------------------------------------------------------------
 
     def timer(self, target: str) -> int | None:
         """The conversation's disappearing-message timer in ms (``None``: off)."""
         row = self._store._exec(
             "SELECT expires_in FROM conversation_timers WHERE conversation = ?",
-            (self._conversation_of(target),),
+            (self.conversation_id(target),),
         ).fetchone()
         return None if row is None or row[0] is None else int(row[0])
 
@@ -113,7 +109,7 @@ class ActionsMixin:
         if seconds is not None and seconds not in TIMER_CHOICES_S:
             choices = ", ".join(str(s) for s in TIMER_CHOICES_S)
             raise ClientError(f"a timer is off or one of {choices} seconds")
-        conversation = self._conversation_of(target)
+        conversation = self.conversation_id(target)
         expires_in = seconds * 1000 if seconds else None
         action = ActionContent(kind="timer", expires_in=expires_in)
         action_id, sent_at = self._send_action(conversation, action)

@@ -626,7 +626,7 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
             raise ClientError("cannot send an empty message")
         if len(text.encode()) > MAX_TEXT_BYTES:
             raise ClientError(f"message too long ({MAX_TEXT_BYTES:,} bytes of UTF-8 at most)")
-        extras = self._outgoing_extras(self._conversation_of(peer), reply_to)
+        extras = self._outgoing_extras(self.conversation_id(peer), reply_to)
         if peer.startswith("#"):
             return self._queue_group_text(peer, text, extras)
         if self._transport.connected:
@@ -890,7 +890,7 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
     def history(self, peer: str, limit: int = 100, before: int | None = None) -> list[Message]:
         """The last ``limit`` messages with ``peer`` (or in group ``#name``), oldest first."""
         self.expire_now()
-        rows = self._store.history(self._conversation_of(peer), limit, before)
+        rows = self._store.history(self.conversation_id(peer), limit, before)
         return self._with_extras([Message.from_row(r) for r in rows])
 
     def conversation_id(self, peer: str) -> str:
@@ -898,8 +898,6 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
         if peer.startswith("#"):
             return group_conversation(self.group(peer).group_id)
         return direct_conversation(peer)
-
-    _conversation_of = conversation_id
 
     def unread(self, limit: int = 10_000) -> list[Message]:
         """Incoming messages not yet returned by ``unread`` (a cursor kept in the profile).
@@ -941,7 +939,7 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
         Sends a read receipt to ``peer`` if read receipts are on. Returns how
         many messages were newly marked.
         """
-        conversation = self._conversation_of(peer)
+        conversation = self.conversation_id(peer)
         unread = self._store.unread(conversation)
         if not unread:
             return 0

@@ -68,7 +68,7 @@ class Services:
             auth=AuthHandler(config, accounts, AuthStore(engine)),
             keys=KeysHandler(config, accounts, KeyStore(engine), notifier),
             messages=MessagesHandler(
-                config, accounts, MessageStore(engine, db), notifier, presence, push, groups
+                config, accounts, MessageStore(db), notifier, presence, push, groups
             ),
             account_store=accounts,
             devices=DevicesHandler(accounts, notifier, backups),

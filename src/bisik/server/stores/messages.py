@@ -5,7 +5,6 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, delete, exists, func, insert, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bisik.server._db import OneHop
 from bisik.server.stores._batch import Batcher
@@ -45,8 +44,8 @@ class StoredMessage:
 class MessageStore:
     """The message queue: the hot path, so every method is one ``OneHop`` step."""
 
-    def __init__(self, engine: AsyncEngine, db: OneHop | None = None) -> None:
-        self._db = db or OneHop(engine)
+    def __init__(self, db: OneHop) -> None:
+        self._db = db
         self._acks: Batcher[tuple[int, list[int]], tuple[int, list[int]]] = Batcher(self._ack_batch)
 
     async def store(
