@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import secrets
@@ -71,6 +72,8 @@ log = logging.getLogger("bisik.client")
 MAX_TEXT_BYTES = 16 * 1024
 # How long delivered receipts wait to be coalesced (one per sender per burst).
 RECEIPT_DELAY_S = 0.2
+# Envelopes per sync request (the server's maximum).
+SYNC_PAGE = 500
 
 
 # Seconds before a send the server refused for now (rate, storage) is tried again.
@@ -396,30 +399,63 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
     # -- receiving --------------------------------------------------------------
 
     async def _resync(self) -> None:
+        """Fetch the backlog page by page; the next page is already on its way
+        while this one is decrypted and stored."""
         connection = self._connection
         total = 0
-        after = 0
-        while True:
-            page = await self._transport.call("sync", {"after": after, "limit": 200})
-            envelopes = page["envelopes"]
-            total += await self._handle_envelopes(envelopes)
-            if not page["more"] or not envelopes:
-                break
-            after = int(envelopes[-1]["id"])
+        fetch = asyncio.ensure_future(self._sync_page(0))
+        try:
+            while True:
+                envelopes, more = await fetch
+                if more and envelopes:
+                    fetch = asyncio.ensure_future(self._sync_page(int(envelopes[-1]["id"])))
+                total += await self._handle_envelopes(envelopes)
+                if not more or not envelopes:
+                    break
+        finally:
+            if not fetch.done():
+                fetch.cancel()
+                with contextlib.suppress(BaseException):
+                    await fetch
         if connection != self._connection:
             raise NotConnected("the connection dropped during the sync")
         self.synced.set()
         self._emit(Synced(total))
 
+    async def _sync_page(self, after: int) -> tuple[list[dict[str, Any]], bool]:
+        page = await self._transport.call("sync", {"after": after, "limit": SYNC_PAGE})
+        return list(page["envelopes"]), bool(page["more"])
+
     async def _handle_envelopes(self, envelopes: list[dict[str, Any]]) -> int:
+        """Open envelopes in order and acknowledge the ones that are done.
+
+        Runs of Olm envelopes are opened in one local transaction (one durable
+        commit per run instead of per envelope); group messages, which may need
+        the network, are opened one by one between runs.
+        """
         done: list[int] = []
         received = 0
-        try:
-            for env in envelopes:
-                outcome = await self._handle_envelope(env)
+
+        def tally(batch: list[dict[str, Any]], outcomes: list[str | None]) -> None:
+            nonlocal received
+            for env, outcome in zip(batch, outcomes, strict=True):
                 if outcome is not None and not env.get("ephemeral"):
                     done.append(int(env["id"]))
                     received += outcome == "received"
+
+        run: list[_Inbound] = []
+        try:
+            for env in envelopes:
+                ready = await self._check_envelope(env)
+                if isinstance(ready, _Inbound) and (ready.ephemeral or env.get("kind") != "megolm"):
+                    run.append(ready)
+                    continue
+                tally([i.env for i in run], await self._open_run(run))
+                run = []
+                if isinstance(ready, _Inbound):
+                    ready = await self._open_group_envelope(ready)
+                tally([env], [ready])
+            tally([i.env for i in run], await self._open_run(run))
         finally:
             if done and self._transport.connected:
                 with contextlib.suppress(NotConnected, ProtocolError):
@@ -458,9 +494,12 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
             )
         self._queue.put_nowait(("flush", None))
 
-    async def _handle_envelope(self, env: dict[str, Any]) -> str | None:
-        """Decrypt, verify and store one envelope; returns the outcome, or ``None``
-        to leave it on the server for later (e.g. sender's keys unreachable)."""
+    async def _check_envelope(self, env: dict[str, Any]) -> _Inbound | str | None:
+        """Parse an envelope and find its sender's verified device.
+
+        Returns the envelope ready to open, or its outcome (``None`` leaves it
+        on the server for later, e.g. the sender's keys are unreachable).
+        """
         try:
             envelope_id = int(env["id"])
             sender = str(env["sender"])
@@ -491,101 +530,137 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
             return self._reject(
                 key, envelope_id, sender, sender_device, "sender device is not signed by its owner"
             )
-        if env.get("kind") == "megolm" and not ephemeral:
-            try:
-                return await self._handle_group_envelope(env, key, device)
-            except GroupRejected as exc:
-                return self._reject(key, envelope_id, sender, sender_device, str(exc))
-        signals: list[Event] | None = None
-        room_key: str | None = None
+        return _Inbound(
+            env, key, envelope_id, sender, sender_device, msg_type, body, ephemeral, device
+        )
+
+    async def _open_group_envelope(self, item: _Inbound) -> str:
+        try:
+            return await self._handle_group_envelope(item.env, item.key, item.device)
+        except GroupRejected as exc:
+            return self._reject(item.key, item.envelope_id, *item.who, str(exc))
+
+    async def _open_run(self, run: list[_Inbound]) -> list[str | None]:
+        """Open Olm envelopes in one transaction, then tell the app about them.
+
+        Nothing inside the transaction awaits, so no other task's writes can
+        join it; events go out only once it is committed.
+        """
+        if not run:
+            return []
+        opened: list[_Opened] = []
         try:
             with self._store.transaction():
-                plaintext = self._machine.decrypt(device.curve25519, msg_type, body)
-                content = self._verify_content(plaintext, device)
-                if content.type != "text" or ephemeral:
-                    # A control message: applied, never shown as a message.
-                    if not ephemeral:
-                        self._store.mark_processed(key, "control", _now())
-                    signals = []
-                    if content.type == "room_key" and not ephemeral:
-                        room_key = self._accept_room_key(content, device)
-                    elif content.type == "key_request" and not ephemeral:
-                        self._queue.put_nowait(("key_request_in", (content, device)))
-                    elif content.type == "action" and content.action is not None:
-                        if not ephemeral:
-                            mine = content.sender.username == self.username
-                            signals = self._apply_action(
-                                content.action,
-                                sender,
-                                sender_device,
-                                direct_conversation(content.to if mine else sender),
-                                content.sent_at,
-                                content.id,
-                            )
-                    else:
-                        signals = self._signals.apply(content, sender, sender_device)
-                else:
-                    incoming = content.sender.username != self.username
-                    message = Message(
-                        id=content.id,
-                        conversation=direct_conversation(sender if incoming else content.to),
-                        sender=sender,
-                        sender_device=sender_device,
-                        direction="in" if incoming else "out",
-                        body=content.body,
-                        sent_at=content.sent_at,
-                        received_at=_now(),
-                        server_seq=int(env.get("seq", 0)),
-                        state="received" if incoming else "sent",
-                        attachment=content.attachment,
-                    )
-                    fresh = self._store.insert_message(message)
-                    if fresh and not self._record_extras(
-                        message,
-                        reply_to=content.reply_to,
-                        expires_in=content.expires_in,
-                        view_once=content.view_once,
-                    ):
-                        # Its time ran out before it reached this device: never shown.
-                        self._forget(message.sender, message.id)
-                        fresh = False
-                    if fresh and content.attachment is not None:
-                        self._store.put_attachment(
-                            sender, content.id, content.attachment.model_dump_json(), None
-                        )
-                    self._store.mark_processed(key, "received", _now())
-        except (OlmDecryptError, CryptoError, _InvalidContent, GroupRejected) as exc:
-            self._machine.forget_cached_sessions()
-            if ephemeral:
-                return "control"
-            return self._reject(key, envelope_id, sender, sender_device, str(exc))
+                seen: set[str] = set()
+                for item in run:
+                    if not item.ephemeral and item.key in seen:
+                        opened.append(_Opened("duplicate"))  # twice in one page
+                        continue
+                    seen.add(item.key)
+                    opened.append(self._open_olm(item))
         except BaseException:
             self._machine.forget_cached_sessions()
             raise
-        if room_key is not None:
-            await self._retry_waiting(room_key)
-        if signals is not None:
-            for event in signals:
+        shown = iter(self._with_extras([o.message for o in opened if o.message is not None]))
+        for item, o in zip(run, opened, strict=True):
+            if o.failed is not None:
+                self._emit(o.failed)
+            if o.room_key is not None:
+                await self._retry_waiting(o.room_key)
+            for event in o.signals:
                 if isinstance(event, TypingChanged):
                     self._signals.typing_event(event)
                 else:
                     self._emit(event)
-            return "control"
-        if fresh:
-            self._backup_dirty = True
-            if incoming:
-                self._delivered.setdefault(sender, []).append(message.id)
-            self._emit(MessageReceived(self._with_extras([message])[0]))
-        return "received"
+            if o.message is not None:
+                self._backup_dirty = True
+                if o.message.direction == "in":
+                    self._delivered.setdefault(item.sender, []).append(o.message.id)
+                self._emit(MessageReceived(next(shown)))
+        return [o.outcome for o in opened]
+
+    def _open_olm(self, item: _Inbound) -> _Opened:
+        """Decrypt, verify and store one Olm envelope (inside ``_open_run``'s
+        transaction; its own writes are undone if it fails)."""
+        try:
+            with self._store.transaction():
+                plaintext = self._machine.decrypt(item.device.curve25519, item.msg_type, item.body)
+                content = self._verify_content(plaintext, item.device)
+                if content.type == "text" and not item.ephemeral:
+                    return self._store_text(item, content)
+                # A control message: applied, never shown as a message.
+                if item.ephemeral:
+                    return _Opened("control", signals=self._signals.apply(content, *item.who))
+                self._store.mark_processed(item.key, "control", _now())
+                if content.type == "room_key":
+                    return _Opened("control", room_key=self._accept_room_key(content, item.device))
+                if content.type == "key_request":
+                    self._queue.put_nowait(("key_request_in", (content, item.device)))
+                    return _Opened("control")
+                if content.type == "action" and content.action is not None:
+                    mine = content.sender.username == self.username
+                    signals = self._apply_action(
+                        content.action,
+                        *item.who,
+                        direct_conversation(content.to if mine else item.sender),
+                        content.sent_at,
+                        content.id,
+                    )
+                    return _Opened("control", signals=signals)
+                return _Opened("control", signals=self._signals.apply(content, *item.who))
+        except (OlmDecryptError, CryptoError, _InvalidContent, GroupRejected) as exc:
+            self._machine.forget_cached_sessions()
+            if item.ephemeral:
+                return _Opened("control")
+            failed = self._mark_rejected(item.key, item.envelope_id, *item.who, str(exc))
+            return _Opened("rejected", failed=failed)
+
+    def _store_text(self, item: _Inbound, content: Plaintext) -> _Opened:
+        incoming = content.sender.username != self.username
+        message = Message(
+            id=content.id,
+            conversation=direct_conversation(item.sender if incoming else content.to),
+            sender=item.sender,
+            sender_device=item.sender_device,
+            direction="in" if incoming else "out",
+            body=content.body,
+            sent_at=content.sent_at,
+            received_at=_now(),
+            server_seq=int(item.env.get("seq", 0)),
+            state="received" if incoming else "sent",
+            attachment=content.attachment,
+        )
+        fresh = self._store.insert_message(message)
+        if fresh and not self._record_extras(
+            message,
+            reply_to=content.reply_to,
+            expires_in=content.expires_in,
+            view_once=content.view_once,
+        ):
+            # Its time ran out before it reached this device: never shown.
+            self._forget(message.sender, message.id)
+            fresh = False
+        if fresh and content.attachment is not None:
+            self._store.put_attachment(
+                item.sender, content.id, content.attachment.model_dump_json(), None
+            )
+        self._store.mark_processed(item.key, "received", _now())
+        return _Opened("received", message=message if fresh else None)
 
     def _reject(
         self, key: str, envelope_id: int, sender: str, sender_device: str, reason: str
     ) -> str:
-        log.warning("dropping envelope %d from %s/%s", envelope_id, sender, sender_device)
         with self._store.transaction():
-            self._store.mark_processed(key, "rejected", _now())
-        self._emit(DecryptionFailed(sender, sender_device, envelope_id, reason))
+            failed = self._mark_rejected(key, envelope_id, sender, sender_device, reason)
+        self._emit(failed)
         return "rejected"
+
+    def _mark_rejected(
+        self, key: str, envelope_id: int, sender: str, sender_device: str, reason: str
+    ) -> DecryptionFailed:
+        log.warning("dropping envelope %d from %s/%s", envelope_id, sender, sender_device)
+        self._store.mark_processed(key, "rejected", _now())
+        return DecryptionFailed(sender, sender_device, envelope_id, reason)
 
     def _verify_content(self, plaintext: bytes, device: StoredDevice) -> Plaintext:
         try:
@@ -1032,3 +1107,34 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
 
 class _InvalidContent(ClientError):
     pass
+
+
+@dataclasses.dataclass(slots=True)
+class _Inbound:
+    """An Olm or Megolm envelope whose sender device is verified, ready to open."""
+
+    env: dict[str, Any]
+    key: str
+    envelope_id: int
+    sender: str
+    sender_device: str
+    msg_type: int
+    body: str
+    ephemeral: bool
+    device: StoredDevice
+
+    @property
+    def who(self) -> tuple[str, str]:
+        return self.sender, self.sender_device
+
+
+@dataclasses.dataclass(slots=True)
+class _Opened:
+    """What opening one envelope did, for ``_open_run`` to tell the app once
+    the transaction is committed."""
+
+    outcome: str
+    message: Message | None = None
+    room_key: str | None = None
+    signals: list[Event] = dataclasses.field(default_factory=list)
+    failed: DecryptionFailed | None = None

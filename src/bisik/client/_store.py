@@ -199,13 +199,21 @@ class LocalStore:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
-        """A write transaction; nested use joins the outer one."""
+        """A write transaction. Nested use is a savepoint inside the outer one:
+        an exception undoes the inner block's writes (and propagates), the outer
+        transaction decides whether anything is committed."""
         if self._depth:
+            savepoint = f"sp{self._depth}"
+            self._conn.execute(f"SAVEPOINT {savepoint}")
             self._depth += 1
             try:
                 yield
+            except BaseException:
+                self._conn.execute(f"ROLLBACK TO {savepoint}")
+                raise
             finally:
                 self._depth -= 1
+                self._conn.execute(f"RELEASE {savepoint}")
             return
         self._conn.execute("BEGIN IMMEDIATE")
         self._depth = 1
