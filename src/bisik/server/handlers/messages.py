@@ -42,6 +42,12 @@ def _envelope(row: EnvelopeRow) -> Envelope:
     )
 
 
+def _require_known(refs: list[tuple[str, str]], resolved: dict[tuple[str, str], int]) -> None:
+    unknown = [f"{u}/{d}" for u, d in refs if (u, d) not in resolved]
+    if unknown:
+        raise ProtocolError(ErrorCode.UNKNOWN_DEVICE, f"no such device: {', '.join(unknown[:10])}")
+
+
 class MessagesHandler:
     """Store-then-ack message relay with per-device queues."""
 
@@ -73,16 +79,12 @@ class MessagesHandler:
         refs = [(e.username, e.device_id) for e in req.envelopes]
         if len(set(refs)) != len(refs):
             raise ProtocolError(ErrorCode.BAD_REQUEST, "a device is addressed more than once")
-        resolved = await self._accounts.resolve_devices(refs)
-        unknown = [f"{u}/{d}" for u, d in refs if (u, d) not in resolved]
-        if unknown:
-            raise ProtocolError(
-                ErrorCode.UNKNOWN_DEVICE, f"no such device: {', '.join(unknown[:10])}"
-            )
         recipients = {e.username for e in req.envelopes}
         if req.group_id is not None:
             await self._groups.require_members(sender, req.group_id, recipients)
         if req.ephemeral:
+            resolved = await self._accounts.resolve_devices(refs)
+            _require_known(refs, resolved)
             return await self._send_ephemeral(sender, req, resolved, recipients)
         stored = await self._messages.store(
             sender_pk=sender.pk,
@@ -90,17 +92,18 @@ class MessagesHandler:
             sender_device=sender.device_id,
             client_message_id=req.client_message_id,
             items=[
-                NewEnvelope(resolved[(e.username, e.device_id)], e.kind, e.type, e.body)
+                NewEnvelope((e.username, e.device_id), e.kind, e.type, e.body)
                 for e in req.envelopes
             ],
             now=(now := now_ms()),
             expires_at=None if req.ttl_ms is None else now + req.ttl_ms,
         )
+        _require_known(stored.unknown, {})
         for row in stored.envelopes:
             await self._notifier.deliver(row.recipient_pk, _envelope(row))
         if not stored.duplicate:
             await self._presence.record_conversations(sender.username, recipients)
-            self._push.notify(row.recipient_pk for row in stored.envelopes)
+            self._push.notify(stored.push)
         return SendResult(seq=stored.seq, ts=stored.ts, duplicate=stored.duplicate)
 
     async def send_group(self, sender: DeviceRow, req: GroupSend) -> SendResult:
@@ -122,7 +125,7 @@ class MessagesHandler:
         for row in stored.envelopes:
             await self._notifier.deliver(row.recipient_pk, _envelope(row))
         if not stored.duplicate:
-            self._push.notify(row.recipient_pk for row in stored.envelopes)
+            self._push.notify(stored.push)
         return SendResult(seq=stored.seq, ts=stored.ts, duplicate=stored.duplicate)
 
     async def _send_ephemeral(

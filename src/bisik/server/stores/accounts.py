@@ -4,7 +4,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy import Connection, delete, insert, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -239,27 +239,8 @@ class AccountStore:
         wanted = set(refs)
         if not wanted:
             return {}
-        found: dict[tuple[str, str], int] = {}
-        refs_list = list(wanted)
         async with self._engine.connect() as conn:
-            for start in range(0, len(refs_list), 200):
-                chunk = refs_list[start : start + 200]
-                rows = await conn.execute(
-                    select(users.c.username, devices.c.device_id, devices.c.id)
-                    .join_from(devices, users, devices.c.user_id == users.c.id)
-                    .where(
-                        devices.c.revoked_at.is_(None),
-                        or_(
-                            *(
-                                and_(users.c.username == u, devices.c.device_id == d)
-                                for u, d in chunk
-                            )
-                        ),
-                    )
-                )
-                for username, device_id, pk in rows:
-                    found[(username, device_id)] = int(pk)
-        return found
+            return await conn.run_sync(resolve_devices, wanted)
 
     async def add_device(
         self,
@@ -398,3 +379,22 @@ class AccountStore:
             await conn.execute(
                 update(devices).where(devices.c.id == device_pk).values(last_seen_at=now)
             )
+
+
+def resolve_devices(conn: Connection, refs: set[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    """Primary keys of the existing, unrevoked devices among ``(username, device_id)``."""
+    found: dict[tuple[str, str], int] = {}
+    wanted = sorted(refs)
+    for start in range(0, len(wanted), 200):
+        chunk = wanted[start : start + 200]
+        rows = conn.execute(
+            select(users.c.username, devices.c.device_id, devices.c.id)
+            .join_from(devices, users, devices.c.user_id == users.c.id)
+            .where(
+                devices.c.revoked_at.is_(None),
+                tuple_(users.c.username, devices.c.device_id).in_(chunk),
+            )
+        )
+        for username, device_id, pk in rows:
+            found[(username, device_id)] = int(pk)
+    return found

@@ -1,19 +1,25 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, delete, exists, func, insert, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from bisik.server._db import OneHop
 from bisik.server.stores._batch import Batcher
-from bisik.server.stores.schema import devices, envelopes, messages, users
+from bisik.server.stores.accounts import resolve_devices
+from bisik.server.stores.schema import devices, envelopes, messages, push_subscriptions, users
 
 
 @dataclass(frozen=True)
 class NewEnvelope:
-    recipient_pk: int
+    """One envelope to store: for a device given by its primary key, or by
+    ``(username, device_id)`` (resolved inside the storing transaction)."""
+
+    recipient: int | tuple[str, str]
     kind: str
     type: int
     body: str
@@ -35,18 +41,39 @@ class EnvelopeRow:
 
 @dataclass(frozen=True)
 class StoredMessage:
+    """What ``MessageStore.store`` did. ``unknown`` lists recipient devices that
+    do not exist (or were revoked): then nothing was stored. ``push`` are the
+    recipient devices with a push subscription."""
+
     seq: int
     ts: int
     duplicate: bool
     envelopes: list[EnvelopeRow]
+    unknown: list[tuple[str, str]] = field(default_factory=list)
+    push: set[int] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class _Send:
+    sender_pk: int
+    sender: str
+    sender_device: str
+    client_message_id: str
+    items: Sequence[NewEnvelope]
+    now: int
+    group_id: str | None
+    group_body: str | None
+    expires_at: int | None
 
 
 class MessageStore:
-    """The message queue: the hot path, so every method is one ``OneHop`` step."""
+    """The message queue: the hot path, so every method is one ``OneHop`` step,
+    and sends and acks from many devices are group-committed (``Batcher``)."""
 
     def __init__(self, db: OneHop) -> None:
         self._db = db
         self._acks: Batcher[tuple[int, list[int]], tuple[int, list[int]]] = Batcher(self._ack_batch)
+        self._sends: Batcher[_Send, StoredMessage] = Batcher(self._store_batch)
 
     async def store(
         self,
@@ -61,79 +88,35 @@ class MessageStore:
         group_body: str | None = None,
         expires_at: int | None = None,
     ) -> StoredMessage:
-        """Store a message and all its envelopes in one transaction.
+        """Store a message and all its envelopes durably.
 
         A group message (``group_id``) keeps its one ciphertext, ``group_body``,
         on the message row; its envelopes only address it to each device.
         A message id the sender already used is not stored again: the first
-        message's sequence number comes back with ``duplicate=True``.
+        message's sequence number comes back with ``duplicate=True``. Sends
+        arriving together share one transaction (one fsync).
         """
+        send = _Send(
+            sender_pk,
+            sender,
+            sender_device,
+            client_message_id,
+            items,
+            now,
+            group_id,
+            group_body,
+            expires_at,
+        )
+        return await self._sends.submit(send)
 
-        def write(conn: Connection) -> tuple[int, list[int]]:
-            seq = conn.execute(
-                insert(messages)
-                .values(
-                    sender_device_pk=sender_pk,
-                    client_message_id=client_message_id,
-                    created_at=now,
-                    group_id=group_id,
-                    body=group_body,
-                    expires_at=expires_at,
-                )
-                .returning(messages.c.id)
-            ).scalar_one()
-            ids = (
-                conn.execute(
-                    insert(envelopes).returning(envelopes.c.id, sort_by_parameter_order=True),
-                    [
-                        {
-                            "message_id": seq,
-                            "recipient_device_pk": e.recipient_pk,
-                            "kind": e.kind,
-                            "type": e.type,
-                            "body": e.body,
-                            "created_at": now,
-                        }
-                        for e in items
-                    ],
-                )
-                .scalars()
-                .all()
-            )
-            return int(seq), [int(i) for i in ids]
-
-        def first(conn: Connection) -> tuple[int, int] | None:
-            row = conn.execute(
-                select(messages.c.id, messages.c.created_at).where(
-                    messages.c.sender_device_pk == sender_pk,
-                    messages.c.client_message_id == client_message_id,
-                )
-            ).first()
-            return None if row is None else (int(row[0]), int(row[1]))
-
+    async def _store_batch(self, batch: list[_Send]) -> list[StoredMessage]:
         try:
-            seq, ids = await self._db.write(write)
+            return await self._db.write(lambda conn: _write_sends(conn, batch))
         except IntegrityError:
-            found = await self._db.read(first)
-            if found is None:
+            if len(batch) == 1:
                 raise
-            return StoredMessage(found[0], found[1], True, [])
-        rows = [
-            EnvelopeRow(
-                env_id,
-                seq,
-                e.recipient_pk,
-                sender,
-                sender_device,
-                e.kind,
-                e.type,
-                group_body if group_body is not None else e.body,
-                now,
-                group_id,
-            )
-            for env_id, e in zip(ids, items, strict=True)
-        ]
-        return StoredMessage(seq, now, False, rows)
+        # One bad send (a device deleted meanwhile) must not fail the others.
+        return [(await self._store_batch([send]))[0] for send in batch]
 
     async def pending(self, recipient_pk: int, after: int, limit: int) -> list[EnvelopeRow]:
         """Envelopes for a device with id > ``after``, oldest first."""
@@ -234,3 +217,114 @@ class MessageStore:
             return int(gone), int(dropped)
 
         return await self._db.write(write)
+
+
+def _insert_message(conn: Connection, send: _Send) -> int | None:
+    """The new message's id, or ``None`` if the sender already used this id."""
+    table = messages
+    values = {
+        "sender_device_pk": send.sender_pk,
+        "client_message_id": send.client_message_id,
+        "created_at": send.now,
+        "group_id": send.group_id,
+        "body": send.group_body,
+        "expires_at": send.expires_at,
+    }
+    keys = [messages.c.sender_device_pk, messages.c.client_message_id]
+    stmt = (
+        sqlite_insert(table).values(values).on_conflict_do_nothing(index_elements=keys)
+        if conn.dialect.name == "sqlite"
+        else pg_insert(table).values(values).on_conflict_do_nothing(index_elements=keys)
+    )
+    seq = conn.execute(stmt.returning(messages.c.id)).scalar()
+    return None if seq is None else int(seq)
+
+
+def _write_sends(conn: Connection, batch: list[_Send]) -> list[StoredMessage]:
+    refs = {e.recipient for s in batch for e in s.items if isinstance(e.recipient, tuple)}
+    resolved = resolve_devices(conn, refs) if refs else {}
+    results: list[StoredMessage | None] = []
+    rows: list[dict[str, object]] = []
+    placed: list[tuple[int, _Send, int, list[int]]] = []  # (result index, send, seq, pks)
+    for send in batch:
+        unknown = [
+            e.recipient
+            for e in send.items
+            if isinstance(e.recipient, tuple) and e.recipient not in resolved
+        ]
+        if unknown:
+            results.append(StoredMessage(0, send.now, False, [], unknown=unknown))
+            continue
+        seq = _insert_message(conn, send)
+        if seq is None:
+            first = conn.execute(
+                select(messages.c.id, messages.c.created_at).where(
+                    messages.c.sender_device_pk == send.sender_pk,
+                    messages.c.client_message_id == send.client_message_id,
+                )
+            ).one()
+            results.append(StoredMessage(int(first[0]), int(first[1]), True, []))
+            continue
+        pks = [
+            resolved[e.recipient] if isinstance(e.recipient, tuple) else e.recipient
+            for e in send.items
+        ]
+        rows += [
+            {
+                "message_id": seq,
+                "recipient_device_pk": pk,
+                "kind": e.kind,
+                "type": e.type,
+                "body": e.body,
+                "created_at": send.now,
+            }
+            for pk, e in zip(pks, send.items, strict=True)
+        ]
+        placed.append((len(results), send, seq, pks))
+        results.append(None)
+    ids: list[int] = []
+    if rows:
+        ids = [
+            int(i)
+            for i in conn.execute(
+                insert(envelopes).returning(envelopes.c.id, sort_by_parameter_order=True), rows
+            ).scalars()
+        ]
+    all_pks = {pk for *_, pks in placed for pk in pks}
+    pushable = (
+        {
+            int(pk)
+            for pk in conn.execute(
+                select(push_subscriptions.c.device_pk).where(
+                    push_subscriptions.c.device_pk.in_(all_pks)
+                )
+            ).scalars()
+        }
+        if all_pks
+        else set()
+    )
+    taken = iter(ids)
+    for index, send, seq, pks in placed:
+        body_of = send.group_body
+        results[index] = StoredMessage(
+            seq,
+            send.now,
+            False,
+            [
+                EnvelopeRow(
+                    next(taken),
+                    seq,
+                    pk,
+                    send.sender,
+                    send.sender_device,
+                    e.kind,
+                    e.type,
+                    body_of if body_of is not None else e.body,
+                    send.now,
+                    send.group_id,
+                )
+                for pk, e in zip(pks, send.items, strict=True)
+            ],
+            push=pushable.intersection(pks),
+        )
+    return [r for r in results if r is not None]
