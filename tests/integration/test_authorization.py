@@ -41,6 +41,7 @@ async def world(server: RunningServer) -> AsyncIterator[World]:
 # Socket events: how a stranger's call is answered.
 EVENTS = {
     "send": "own: sender is the connection's device; to unknown devices refused",
+    "send_many": "own: as send, per message",
     "sync": "own: only the caller's queue",
     "ack": "refused: not_your_envelope",
     "keys_upload": "refused: bad_signature for another device's keys",

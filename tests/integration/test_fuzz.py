@@ -285,6 +285,9 @@ def templates(world: World) -> dict[str, Any]:
     bob = world.devs["bob"]
     return {
         "send": {"client_message_id": "fuzz0000001", "envelopes": [bob.envelope()]},
+        "send_many": {
+            "messages": [{"client_message_id": "fuzz0000002", "envelopes": [bob.envelope()]}]
+        },
         "sync": {"after": 0, "limit": 10},
         "ack": {"ids": [1, 2]},
         "keys_upload": {

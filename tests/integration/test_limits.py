@@ -76,7 +76,7 @@ async def test_loopback_is_exempt_by_default(server: RunningServer) -> None:
 async def test_message_rate_per_device(server_factory: ServerFactory) -> None:
     server = await server_factory(**STRICT, messages_per_device_per_s=SLOW, message_burst=5)
     async with httpx.AsyncClient(base_url=server.url) as http:
-        devs = {name: Dev.new(name) for name in ("alice", "bob", "carol")}
+        devs = {name: Dev.new(name) for name in ("alice", "bob", "carol", "mallory")}
         socks = {}
         for name, dev in devs.items():
             await register(http, dev)
@@ -97,10 +97,24 @@ async def test_message_rate_per_device(server_factory: ServerFactory) -> None:
                 assert (await send("alice"))["ok"] is True
             over = await send("alice")
             assert over["ok"] is False and over["error"]["code"] == "rate_limited", over
+            # send_many counts each message: carol's five in one frame spend her burst.
+            many = [
+                {
+                    "client_message_id": secrets.token_urlsafe(12),
+                    "envelopes": [devs["bob"].envelope(b64encode(os.urandom(16)))],
+                }
+                for _ in range(5)
+            ]
+            assert (await socks["carol"].call("send_many", {"messages": many}))["ok"] is True
+            over = await send("carol")
+            assert over["ok"] is False and over["error"]["code"] == "rate_limited", over
+            many[0]["client_message_id"] = secrets.token_urlsafe(12)
+            over = await socks["carol"].call("send_many", {"messages": many[:1]})
+            assert over["ok"] is False and over["error"]["code"] == "rate_limited", over
             # Other devices are not affected, nor alice's other events.
-            assert (await send("carol"))["ok"] is True
+            assert (await send("mallory"))["ok"] is True
             await socks["alice"].assert_usable()
-            assert len(await socks["bob"].pending()) == 6
+            assert len(await socks["bob"].pending()) == 11
         finally:
             for sock in socks.values():
                 await sock.close()
@@ -174,6 +188,19 @@ def test_token_bucket() -> None:
     assert bucket.take("a") == 0
     now[0] += 100
     assert [bucket.take("a") for _ in range(4)][:3] == [0, 0, 0]  # refills to the burst only
+
+
+def test_token_bucket_takes_several() -> None:
+    now = [0.0]
+    bucket = RateLimiter(per_s=2, burst=3, clock=lambda: now[0])
+    assert bucket.take("a", 2) == 0
+    assert bucket.take("a", 2) == pytest.approx(0.5)  # one left, two needed: refused
+    now[0] += 0.5
+    assert bucket.take("a", 2) == 0
+    # More than the burst at once passes on a full bucket and is owed afterwards.
+    now[0] += 100
+    assert bucket.take("a", 7) == 0
+    assert bucket.take("a") == pytest.approx(2.5)  # -4 tokens: 5 to earn back before one
 
 
 async def test_bisik_server_flags(tmp_path: Path) -> None:

@@ -74,6 +74,10 @@ MAX_TEXT_BYTES = 16 * 1024
 RECEIPT_DELAY_S = 0.2
 # Envelopes per sync request (the server's maximum).
 SYNC_PAGE = 500
+# Outbox items per send_many frame, and the ciphertext bytes in one (well under
+# the server's 1 MiB frame limit).
+SEND_BATCH = 64
+SEND_BATCH_BYTES = 256 * 1024
 
 
 # Seconds before a send the server refused for now (rate, storage) is tried again.
@@ -109,6 +113,7 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
         )
         self._devices = DeviceDirectory(store, self._transport)
         self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self._pushed: list[Any] = []
         self._worker: asyncio.Task[None] | None = None
         self._closing = False
         self._subscribers: list[asyncio.Queue[Event]] = []
@@ -311,20 +316,17 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
         self.synced.clear()
         # Pushed envelopes not yet handled will come again with the next sync,
         # in order; handling them now could show them out of order.
-        kept = []
-        while not self._queue.empty():
-            item = self._queue.get_nowait()
-            if item[0] != "envelope":
-                kept.append(item)
-        for item in kept:
-            self._queue.put_nowait(item)
+        self._pushed.clear()
         self._emit(ConnectionChanged("disconnected"))
 
     async def _on_envelope(self, data: Any) -> None:
         # python-socketio may run a push's handler after the disconnect handler of
         # its connection: such a push comes again with the next sync, in order.
+        # Pushes that arrive while the worker is busy are opened together.
         if self._transport.connected:
-            self._queue.put_nowait(("envelope", data))
+            self._pushed.append(data)
+            if len(self._pushed) == 1:
+                self._queue.put_nowait(("envelopes", None))
 
     async def _on_resync(self, data: Any = None) -> None:
         # The server lost pushes (its fan-out restarted): page the queue again.
@@ -368,9 +370,10 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
                     await self._flush_outbox()
                     await self._replenish_keys()
                     await self._devices.watch([u for u, *_ in self._store.identities()])
-                elif kind == "envelope":
-                    if self.synced.is_set():
-                        await self._handle_envelopes([data])
+                elif kind == "envelopes":
+                    pushed, self._pushed = self._pushed, []
+                    if self.synced.is_set() and pushed:
+                        await self._handle_envelopes(pushed)
                 elif kind == "flush":
                     await self._flush_outbox()
                 elif kind == "replenish":
@@ -771,80 +774,143 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
         return True
 
     async def _flush_outbox(self) -> None:
+        """Send the outbox in order: runs of direct messages several to a frame
+        (``send_many``), group messages one by one."""
         if not self.synced.is_set() or self._send_retry is not None:
             return
-        for item in self._store.outbox():
-            result: dict[str, Any] | None
-            try:
-                if "group" in item.payload:
-                    result = await self._send_group_item(
-                        item.message_id, item.payload, item.envelopes
-                    )
-                else:
-                    result = await self._send_olm_item(item)
-                if result is None:  # e.g. read sync with no other device of ours
-                    with self._store.transaction():
-                        self._store.remove_outbox(item.message_id)
-                    continue
-            except ProtocolError as exc:
-                if exc.code in (ErrorCode.RATE_LIMITED, ErrorCode.UNAVAILABLE, ErrorCode.INTERNAL):
-                    # Over the server's message rate, its storage failing (disk full,
-                    # database locked) or a server bug: kept, in order, and tried again
-                    # soon (the server may have stored it; the same id is safe to resend).
-                    log.info("send refused for now (%s); retrying", exc.code)
-                    self._send_retry = asyncio.get_running_loop().call_later(
-                        RATE_LIMIT_RETRY_S, self._retry_sends
-                    )
-                    return
-                if (
-                    exc.code == ErrorCode.UNKNOWN_DEVICE
-                    and item.envelopes is not None
-                    and "to" in item.payload
-                ):
-                    # The device list changed since we encrypted: encrypt again.
-                    with self._store.transaction():
-                        self._store.set_outbox_envelopes(item.message_id, None)
-                    self._devices.forget(item.payload["to"])
-                    self._queue.put_nowait(("flush", None))
-                    return
-                self._fail(item.message_id, str(exc))
-                continue
-            except ClientError as exc:
-                if isinstance(exc, NotConnected):
-                    raise
-                self._fail(item.message_id, str(exc))
-                continue
+        items = self._store.outbox()
+        while items:
+            run = [items.pop(0)]
+            if "group" not in run[0].payload:
+                size = _send_size(run[0])
+                while items and "group" not in items[0].payload and len(run) < SEND_BATCH:
+                    size += _send_size(items[0])
+                    if size > SEND_BATCH_BYTES:
+                        break
+                    run.append(items.pop(0))
+            if not await self._send_run(run):
+                return
+
+    async def _send_run(self, run: list[OutboxItem]) -> bool:
+        """Send some outbox items and settle each; ``False`` to stop flushing
+        (tried again later, in order)."""
+        outcomes: list[_Outcome]
+        try:
+            if "group" in run[0].payload:
+                one = run[0]
+                outcomes = [await self._send_group_item(one.message_id, one.payload, one.envelopes)]
+            else:
+                outcomes = await self._send_olm_items(run)
+        except NotConnected:
+            raise
+        except (ProtocolError, ClientError) as exc:  # the whole frame refused
+            outcomes = [exc] * len(run)
+        go_on = True
+        sent: list[tuple[OutboxItem, dict[str, Any]]] = []
+        for item, outcome in zip(run, outcomes, strict=True):
+            if isinstance(outcome, ProtocolError | ClientError):
+                go_on = self._send_refused(item, outcome) and go_on
+            elif outcome is None:  # e.g. read sync with no other device of ours
+                with self._store.transaction():
+                    self._store.remove_outbox(item.message_id)
+            else:
+                sent.append((item, outcome))
+        self._mark_sent(sent)
+        return go_on
+
+    def _send_refused(self, item: OutboxItem, exc: ProtocolError | ClientError) -> bool:
+        """Settle an item the server (or encryption) refused; ``False`` if it
+        stays queued and flushing must wait."""
+        code = exc.code if isinstance(exc, ProtocolError) else None
+        if code in (ErrorCode.RATE_LIMITED, ErrorCode.UNAVAILABLE, ErrorCode.INTERNAL):
+            # Over the server's message rate, its storage failing (disk full,
+            # database locked) or a server bug: kept, in order, and tried again
+            # soon (the server may have stored it; the same id is safe to resend).
+            log.info("send refused for now (%s); retrying", code)
+            if self._send_retry is None:
+                self._send_retry = asyncio.get_running_loop().call_later(
+                    RATE_LIMIT_RETRY_S, self._retry_sends
+                )
+            return False
+        if code == ErrorCode.UNKNOWN_DEVICE and item.envelopes is not None and "to" in item.payload:
+            # The device list changed since we encrypted: encrypt again.
             with self._store.transaction():
+                self._store.set_outbox_envelopes(item.message_id, None)
+            self._devices.forget(item.payload["to"])
+            self._queue.put_nowait(("flush", None))
+            return False
+        self._fail(item.message_id, str(exc))
+        return True
+
+    def _mark_sent(self, sent: list[tuple[OutboxItem, dict[str, Any]]]) -> None:
+        if not sent:
+            return
+        with self._store.transaction():
+            for item, result in sent:
                 self._store.mark_sent(
                     self.username, item.message_id, int(result["seq"]), int(result["ts"])
                 )
                 self._store.remove_outbox(item.message_id)
-            self._backup_dirty = True
+        self._backup_dirty = True
+        for item, _ in sent:
             row = self._store.message(self.username, item.message_id)
-            if row is not None:
-                message = self._with_extras([Message.from_row(row)])[0]
-                self._emit(MessageSent(message))
-                future = self._sent_waiters.pop(item.message_id, None)
-                if future is not None and not future.done():
-                    future.set_result(message)
+            if row is None:
+                continue
+            message = self._with_extras([Message.from_row(row)])[0]
+            self._emit(MessageSent(message))
+            future = self._sent_waiters.pop(item.message_id, None)
+            if future is not None and not future.done():
+                future.set_result(message)
 
-    async def _send_olm_item(self, item: OutboxItem) -> dict[str, Any] | None:
-        envelopes = item.envelopes
-        if envelopes is None:
-            envelopes = await self._encrypt_for(item.message_id, item.payload)
-            if not envelopes:
-                return None
+    async def _send_olm_items(self, run: list[OutboxItem]) -> list[_Outcome]:
+        """Encrypt what is not encrypted yet (all in one local transaction) and
+        send: one item as ``send``, several as ``send_many``."""
+        outcomes: list[_Outcome] = [None] * len(run)
+        envelopes = {i: item.envelopes for i, item in enumerate(run) if item.envelopes is not None}
+        targets: dict[int, list[StoredDevice]] = {}
+        for i, item in enumerate(run):
+            if item.envelopes is None:
+                try:
+                    targets[i] = await self._encryption_targets(item.payload)
+                except NotConnected:
+                    raise
+                except (ProtocolError, ClientError) as exc:
+                    outcomes[i] = exc
+        if targets:
             with self._store.transaction():
-                self._store.set_outbox_envelopes(item.message_id, envelopes)
-        result: dict[str, Any] = await self._transport.call(
-            "send",
-            {
-                "client_message_id": item.message_id,
-                "envelopes": envelopes,
-                **({"ttl_ms": item.payload["ttl_ms"]} if item.payload.get("ttl_ms") else {}),
-            },
-        )
-        return result
+                for i, devices in targets.items():
+                    envelopes[i] = self._olm_content(run[i].message_id, run[i].payload, devices)
+                    if envelopes[i]:
+                        self._store.set_outbox_envelopes(run[i].message_id, envelopes[i])
+        requests = [
+            (
+                i,
+                {
+                    "client_message_id": run[i].message_id,
+                    "envelopes": envs,
+                    **_ttl(run[i].payload),
+                },
+            )
+            for i, envs in sorted(envelopes.items())
+            if envs
+        ]
+        if len(requests) == 1:
+            i, request = requests[0]
+            try:
+                outcomes[i] = await self._transport.call("send", request)
+            except ProtocolError as exc:
+                outcomes[i] = exc
+        elif requests:
+            answer = await self._transport.call(
+                "send_many", {"messages": [request for _, request in requests]}
+            )
+            results = answer.get("results")
+            if not isinstance(results, list) or len(results) != len(requests):
+                raise ProtocolError(ErrorCode.INTERNAL, "unexpected answer to send_many")
+            for (i, _), result in zip(requests, results, strict=True):
+                ok = isinstance(result, dict) and result.get("ok") is True
+                outcomes[i] = result if ok else ProtocolError.from_body(result)
+        return outcomes
 
     def _retry_sends(self) -> None:
         self._send_retry = None
@@ -861,11 +927,17 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
             future.set_result(self._with_extras([Message.from_row(row)])[0])
 
     async def _encrypt_for(self, message_id: str, payload: dict[str, Any]) -> list[dict[str, Any]]:
-        """One Olm envelope per target device.
+        """One Olm envelope per target device (see ``_encryption_targets``); an
+        empty list means nobody to send to."""
+        devices = await self._encryption_targets(payload)
+        return self._olm_content(message_id, payload, devices)
+
+    async def _encryption_targets(self, payload: dict[str, Any]) -> list[StoredDevice]:
+        """The devices a payload goes to, with an Olm session with each.
 
         ``payload["scope"]``: ``all`` (the default: the peer's devices and our
         other devices), ``peer`` (only theirs: receipts, typing) or ``own`` (only
-        our other devices: read sync). An empty list means nobody to send to.
+        our other devices: read sync).
         """
         peer = str(payload["to"])
         scope = payload.get("scope", "all")
@@ -884,14 +956,20 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
         has_peer = any(d.username == peer for d in targets)
         if scope != "own" and peer != self.username and not has_peer:
             raise ClientError(f"{peer} has no verified device to send to")
-        if not targets:
+        if targets:
+            await self._devices.ensure_sessions(self._machine, targets)
+        return targets
+
+    def _olm_content(
+        self, message_id: str, payload: dict[str, Any], devices: list[StoredDevice]
+    ) -> list[dict[str, Any]]:
+        if not devices:
             return []
-        await self._devices.ensure_sessions(self._machine, targets)
         return self._olm_envelopes(
-            targets,
+            devices,
             type=payload.get("type", "text"),
             id=message_id,
-            to=peer,
+            to=str(payload["to"]),
             sent_at=int(payload["sent_at"]),
             body=str(payload.get("body", "")),
             receipt=payload.get("receipt"),
@@ -1107,6 +1185,23 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
 
 class _InvalidContent(ClientError):
     pass
+
+
+# What sending one outbox item came to: the server's result, nothing to send,
+# or why it was refused.
+_Outcome = dict[str, Any] | ClientError | ProtocolError | None
+
+
+def _ttl(payload: dict[str, Any]) -> dict[str, Any]:
+    return {"ttl_ms": payload["ttl_ms"]} if payload.get("ttl_ms") else {}
+
+
+def _send_size(item: OutboxItem) -> int:
+    """About how many bytes an outbox item adds to a frame (its ciphertexts,
+    or its plaintext body if not encrypted yet)."""
+    if item.envelopes is not None:
+        return sum(len(str(e.get("body", ""))) + 64 for e in item.envelopes)
+    return 2 * len(str(item.payload.get("body", ""))) + 512
 
 
 @dataclasses.dataclass(slots=True)

@@ -36,6 +36,7 @@ Token = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{20,128}$")]
 
 MAX_KEYS_PER_UPLOAD = 200
 MAX_ENVELOPES_PER_SEND = 1000
+MAX_SEND_MANY = 100
 MAX_GROUP_MEMBERS = 1000
 # Disappearing messages: 1 second to 8 weeks (twice the longest timer).
 TtlMs = Annotated[int, Field(ge=1000, le=56 * 24 * 3600 * 1000)]
@@ -184,6 +185,28 @@ class SendResult(_Model):
     seq: int
     ts: int
     duplicate: bool
+
+
+class SendMany(_Model):
+    """Several messages in one frame, stored in order; each succeeds or fails alone."""
+
+    v: Literal[1] = 1
+    messages: list[SendRequest] = Field(min_length=1, max_length=MAX_SEND_MANY)
+
+
+class SendOutcome(_Model):
+    """One message of a ``SendMany``: its ``SendResult`` fields, or an ``error``
+    body as an event's (``{"code", "message"}``)."""
+
+    ok: bool
+    seq: int | None = None
+    ts: int | None = None
+    duplicate: bool | None = None
+    error: dict[str, str] | None = None
+
+
+class SendManyResult(_Model):
+    results: list[SendOutcome]
 
 
 class Envelope(_Model):

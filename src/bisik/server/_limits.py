@@ -38,15 +38,20 @@ class RateLimiter:
         self._clock = clock
         self._buckets: dict[Any, tuple[float, float]] = {}  # key -> (tokens, at)
 
-    def take(self, key: Any) -> float:
-        """Spend one token; 0 if allowed, else the seconds until one is back."""
+    def take(self, key: Any, n: int = 1) -> float:
+        """Spend ``n`` tokens; 0 if allowed, else the seconds until enough are back.
+
+        More than ``burst`` at once is allowed when the bucket is full, and the
+        rest is owed: the next requests wait until it is paid back.
+        """
         now = self._clock()
         tokens, at = self._buckets.get(key, (float(self.burst), now))
         tokens = min(float(self.burst), tokens + (now - at) * self.per_s)
-        if tokens < 1:
+        need = min(n, self.burst)
+        if tokens < need:
             self._buckets[key] = (tokens, now)
-            return (1 - tokens) / self.per_s if self.per_s > 0 else math.inf
-        self._buckets[key] = (tokens - 1, now)
+            return (need - tokens) / self.per_s if self.per_s > 0 else math.inf
+        self._buckets[key] = (tokens - n, now)
         if len(self._buckets) > MAX_TRACKED:
             self._forget_idle(now)
         return 0.0
@@ -101,9 +106,10 @@ class Limits:
         if not self.is_exempt(ip) and (wait := self.sign_ins.take(ip)):
             raise RateLimited("sign-in attempts from this address", wait)
 
-    def message(self, device_pk: int, ip: str | None) -> None:
-        """One send by a device; past its rate, refused (the client retries later)."""
-        if not self.is_exempt(ip) and (wait := self.messages.take(device_pk)):
+    def message(self, device_pk: int, ip: str | None, count: int = 1) -> None:
+        """``count`` messages sent by a device; past its rate, refused (the client
+        retries later)."""
+        if not self.is_exempt(ip) and (wait := self.messages.take(device_pk, count)):
             raise RateLimited("messages from this device", wait)
 
     def open_socket(self, ip: str | None) -> None:

@@ -10,6 +10,9 @@ from bisik.proto import (
     ErrorCode,
     GroupSend,
     ProtocolError,
+    SendMany,
+    SendManyResult,
+    SendOutcome,
     SendRequest,
     SendResult,
     SyncRequest,
@@ -76,16 +79,55 @@ class MessagesHandler:
             ProtocolError: ``unknown_device`` if any recipient device does not
                 exist (nothing is stored), ``bad_request`` for a device addressed twice.
         """
+        await self._check_send(sender, req)
+        if req.ephemeral:
+            return await self._send_ephemeral(sender, req)
+        return await self._store_send(sender, req)
+
+    async def send_many(self, sender: DeviceRow, req: SendMany) -> SendManyResult:
+        """Several sends from one frame: each checked, then all stored in their
+        order (in one transaction when nothing else is being written); each
+        succeeds or fails on its own."""
+        checked: list[ProtocolError | None] = []
+        for message in req.messages:
+            try:
+                await self._check_send(sender, message)
+                if message.ephemeral:
+                    raise ProtocolError(ErrorCode.BAD_REQUEST, "ephemeral envelopes go alone")
+                checked.append(None)
+            except ProtocolError as exc:
+                checked.append(exc)
+        # Tasks start in order and each submits its store before its first
+        # pause, so the messages are stored in the order they were sent.
+        stored = await asyncio.gather(
+            *(
+                self._store_send(sender, message)
+                for message, error in zip(req.messages, checked, strict=True)
+                if error is None
+            ),
+            return_exceptions=True,
+        )
+        results = iter(stored)
+        outcomes = []
+        for error in checked:
+            result = error if error is not None else next(results)
+            if isinstance(result, SendResult):
+                outcomes.append(SendOutcome(ok=True, **result.model_dump()))
+            elif isinstance(result, ProtocolError):
+                outcomes.append(SendOutcome(ok=False, error=result.to_body()["error"]))
+            else:
+                raise result
+        return SendManyResult(results=outcomes)
+
+    async def _check_send(self, sender: DeviceRow, req: SendRequest) -> None:
         refs = [(e.username, e.device_id) for e in req.envelopes]
         if len(set(refs)) != len(refs):
             raise ProtocolError(ErrorCode.BAD_REQUEST, "a device is addressed more than once")
-        recipients = {e.username for e in req.envelopes}
         if req.group_id is not None:
+            recipients = {e.username for e in req.envelopes}
             await self._groups.require_members(sender, req.group_id, recipients)
-        if req.ephemeral:
-            resolved = await self._accounts.resolve_devices(refs)
-            _require_known(refs, resolved)
-            return await self._send_ephemeral(sender, req, resolved, recipients)
+
+    async def _store_send(self, sender: DeviceRow, req: SendRequest) -> SendResult:
         stored = await self._messages.store(
             sender_pk=sender.pk,
             sender=sender.username,
@@ -102,6 +144,7 @@ class MessagesHandler:
         for row in stored.envelopes:
             await self._notifier.deliver(row.recipient_pk, _envelope(row))
         if not stored.duplicate:
+            recipients = {e.username for e in req.envelopes}
             await self._presence.record_conversations(sender.username, recipients)
             self._push.notify(stored.push)
         return SendResult(seq=stored.seq, ts=stored.ts, duplicate=stored.duplicate)
@@ -128,15 +171,12 @@ class MessagesHandler:
             self._push.notify(stored.push)
         return SendResult(seq=stored.seq, ts=stored.ts, duplicate=stored.duplicate)
 
-    async def _send_ephemeral(
-        self,
-        sender: DeviceRow,
-        req: SendRequest,
-        resolved: dict[tuple[str, str], int],
-        recipients: set[str],
-    ) -> SendResult:
+    async def _send_ephemeral(self, sender: DeviceRow, req: SendRequest) -> SendResult:
         """Push to online devices only (typing): never stored, members only."""
-        await self._presence.require_conversation(sender, recipients)
+        refs = [(e.username, e.device_id) for e in req.envelopes]
+        resolved = await self._accounts.resolve_devices(refs)
+        _require_known(refs, resolved)
+        await self._presence.require_conversation(sender, {e.username for e in req.envelopes})
         if any(len(e.body) > EPHEMERAL_MAX_BODY for e in req.envelopes):
             raise ProtocolError(ErrorCode.PAYLOAD_TOO_LARGE, "ephemeral envelopes are small")
         now = now_ms()

@@ -22,7 +22,7 @@ from bisik.server.realtime.auth import AuthConcern
 from bisik.server.realtime.crypto import CryptoConcern
 from bisik.server.realtime.devices import DevicesConcern, user_room
 from bisik.server.realtime.groups import GroupsConcern
-from bisik.server.realtime.message import MessageConcern
+from bisik.server.realtime.message import MessageConcern, messages_in
 from bisik.server.realtime.presence import PresenceConcern
 from bisik.server.stores import DeviceRow
 
@@ -32,7 +32,7 @@ log = logging.getLogger("bisik.server.realtime")
 REVALIDATE_S = 5.0
 
 # Events that count against a device's message rate (Limits.message).
-MESSAGE_EVENTS = frozenset({"send", "group_send"})
+MESSAGE_EVENTS = frozenset({"send", "group_send", "send_many"})
 
 
 def device_room(device_pk: int) -> str:
@@ -134,7 +134,7 @@ class BisikNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             return _error(ErrorCode.BAD_REQUEST, "an event takes exactly one payload")
         try:
             if event in MESSAGE_EVENTS:
-                self.limits.message(device.pk, self._ips.get(sid))
+                self.limits.message(device.pk, self._ips.get(sid), messages_in(event, data))
             result = await handler(Connection(sid, device), data)
         except ProtocolError as exc:
             return _error(exc.code, exc.message)

@@ -1,0 +1,100 @@
+"""``send_many``: several messages in one frame, stored in order, each accepted or
+refused on its own; and the SDK's outbox sending through it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from typing import Any
+
+from bisik.client import MessageReceived
+from bisik.crypto import b64encode
+from bisik.proto._models import MAX_SEND_MANY
+from tests.conftest import ClientFactory, RunningServer, next_event
+from tests.integration.test_bad_input import World, world  # noqa: F401 (fixture)
+
+
+def message(envelopes: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    return {"client_message_id": secrets.token_urlsafe(12), "envelopes": envelopes, **extra}
+
+
+async def test_each_message_stands_alone_and_order_is_kept(world: World) -> None:
+    alice, bob = world.socks["alice"], world.socks["bob"]
+    bodies = [b64encode(os.urandom(12)) for _ in range(6)]
+    batch = [message([world.bob.envelope(body)]) for body in bodies]
+    # The third names a device that does not exist, the fifth one device twice.
+    batch[2]["envelopes"].append({**world.bob.envelope(), "device_id": "NOSUCHDEVICE"})
+    batch[4]["envelopes"].append(world.bob.envelope())
+    ack = await alice.call("send_many", {"messages": batch})
+    assert ack["ok"] is True, ack
+    results = ack["results"]
+    assert [r["ok"] for r in results] == [True, True, False, True, False, True]
+    assert results[2]["error"]["code"] == "unknown_device"
+    assert results[4]["error"]["code"] == "bad_request"
+    seqs = [r["seq"] for r in results if r["ok"]]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 4
+    # Stored in the order sent; the refused ones not at all.
+    got = [e["body"] for e in await bob.pending() if e["body"] in bodies]
+    assert got == [bodies[i] for i in (0, 1, 3, 5)]
+
+    # The same frame again: the stored ones are duplicates with their first seq.
+    again = await alice.call("send_many", {"messages": batch})
+    assert [r.get("duplicate") for r in again["results"] if r["ok"]] == [True] * 4
+    assert [r["seq"] for r in again["results"] if r["ok"]] == seqs
+    assert len([e for e in await bob.pending() if e["body"] in bodies]) == 4
+
+
+async def test_bad_frames_are_refused_whole(world: World) -> None:
+    alice, bob = world.socks["alice"], world.socks["bob"]
+    one = message([world.bob.envelope()])
+    for case, payload in [
+        ("no messages", {"messages": []}),
+        ("not a list", {"messages": one}),
+        ("too many", {"messages": [message([world.bob.envelope()])] * (MAX_SEND_MANY + 1)}),
+        ("a malformed message", {"messages": [one, {**one, "envelopes": "x"}]}),
+        ("not an object", [one]),
+        ("unknown field", {"messages": [one], "extra": 1}),
+    ]:
+        await alice.expect_error("send_many", payload, "bad_request", case)
+    # Typing indicators are never stored: not in a batch.
+    typing = await alice.call(
+        "send_many", {"messages": [message([world.bob.envelope()], ephemeral=True), one]}
+    )
+    assert [r["ok"] for r in typing["results"]] == [False, True]
+    assert typing["results"][0]["error"]["code"] == "bad_request"
+    await bob.assert_usable()
+
+
+async def test_outbox_backlog_goes_out_in_frames_and_in_order(
+    make_client: ClientFactory, server: RunningServer
+) -> None:
+    alice = await make_client("alice")
+    bob = await make_client("bob")
+    await alice.send_text("bob", "hello")  # sessions and device lists in place
+    inbox = bob.subscribe()
+    assert (await next_event(inbox, MessageReceived)).message.body == "hello"
+
+    events: list[str] = []
+    call = alice._transport.call
+
+    async def spy(event: str, data: Any, timeout: float = 15.0) -> dict[str, Any]:
+        events.append(event)
+        return await call(event, data, timeout)
+
+    alice._transport.call = spy  # type: ignore[method-assign]
+    await server.stop()
+    await asyncio.sleep(0.2)
+    texts = [f"backlog {i:03d}" for i in range(150)]
+    queued = [await alice.send_text("bob", text) for text in texts]
+    await server.start()
+    for m in queued:
+        assert (await alice.wait_sent(m.id, timeout=30)).state == "sent"
+    got = []
+    while len(got) < len(texts):
+        got.append((await next_event(inbox, MessageReceived, timeout=30)).message.body)
+    assert got == texts
+    assert [m.body for m in bob.history("alice", limit=200)][-150:] == texts
+    # 150 messages took a few frames, not 150 round trips.
+    assert 3 <= events.count("send_many") < 20, events.count("send_many")
+    assert events.count("send") < 10
