@@ -6,13 +6,24 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+from collections.abc import AsyncIterator
 from typing import Any
+
+import pytest
 
 from bisik.client import MessageReceived
 from bisik.crypto import b64encode
 from bisik.proto._models import MAX_SEND_MANY
 from tests.conftest import ClientFactory, RunningServer, next_event
-from tests.integration.test_bad_input import World, world  # noqa: F401 (fixture)
+from tests.integration.test_bad_input import World
+from tests.integration.test_bad_input import world as bad_input_world
+
+
+@pytest.fixture
+async def world(server: RunningServer) -> AsyncIterator[World]:
+    """alice, bob and carol of test_bad_input, registered and connected."""
+    async for built in bad_input_world.__wrapped__(server):
+        yield built
 
 
 def message(envelopes: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
