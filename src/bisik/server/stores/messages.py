@@ -219,24 +219,31 @@ class MessageStore:
         return await self._db.write(write)
 
 
+# Built once: SQLAlchemy then reuses the compiled statement for every message.
+_UNIQUE = [messages.c.sender_device_pk, messages.c.client_message_id]
+_INSERT_MESSAGE = {
+    "sqlite": sqlite_insert(messages)
+    .on_conflict_do_nothing(index_elements=_UNIQUE)
+    .returning(messages.c.id),
+    "postgresql": pg_insert(messages)
+    .on_conflict_do_nothing(index_elements=_UNIQUE)
+    .returning(messages.c.id),
+}
+
+
 def _insert_message(conn: Connection, send: _Send) -> int | None:
     """The new message's id, or ``None`` if the sender already used this id."""
-    table = messages
-    values = {
-        "sender_device_pk": send.sender_pk,
-        "client_message_id": send.client_message_id,
-        "created_at": send.now,
-        "group_id": send.group_id,
-        "body": send.group_body,
-        "expires_at": send.expires_at,
-    }
-    keys = [messages.c.sender_device_pk, messages.c.client_message_id]
-    stmt = (
-        sqlite_insert(table).values(values).on_conflict_do_nothing(index_elements=keys)
-        if conn.dialect.name == "sqlite"
-        else pg_insert(table).values(values).on_conflict_do_nothing(index_elements=keys)
-    )
-    seq = conn.execute(stmt.returning(messages.c.id)).scalar()
+    seq = conn.execute(
+        _INSERT_MESSAGE[conn.dialect.name],
+        {
+            "sender_device_pk": send.sender_pk,
+            "client_message_id": send.client_message_id,
+            "created_at": send.now,
+            "group_id": send.group_id,
+            "body": send.group_body,
+            "expires_at": send.expires_at,
+        },
+    ).scalar()
     return None if seq is None else int(seq)
 
 
