@@ -54,18 +54,18 @@ class Services:
     @classmethod
     def build(cls, config: ServerConfig, engine: AsyncEngine, notifier: Notifier) -> Services:
         accounts = AccountStore(engine)
-        presence_store = PresenceStore(engine)
+        db = OneHop(engine)
+        presence_store = PresenceStore(db)
         presence = PresenceHandler(presence_store, notifier)
         push = PushHandler(config, PushStore(engine))
         backups = BackupsHandler(BackupStore(engine))
         groups = GroupsHandler(GroupStore(engine), notifier.group_changed)
-        db = OneHop(engine)
         blobs = BlobsHandler(config, BlobStore(engine), backend_for(config))
         return cls(
             config=config,
             engine=engine,
             accounts=AccountsHandler(config, accounts),
-            auth=AuthHandler(config, accounts, AuthStore(engine)),
+            auth=AuthHandler(config, AuthStore(db)),
             keys=KeysHandler(config, accounts, KeyStore(engine), notifier),
             messages=MessagesHandler(
                 config, accounts, MessageStore(db), notifier, presence, push, groups

@@ -14,50 +14,62 @@ from bisik.proto import (
 )
 from bisik.server._clock import now_ms
 from bisik.server._config import ServerConfig
-from bisik.server.stores import AccountStore, AuthStore, DeviceRow
+from bisik.server.stores import AuthStore, DeviceRow
+from bisik.server.stores.auth import TokenOutcome
 
 
 def _token_hash(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
-class AuthHandler:
-    """Challenge-response with the device's Ed25519 key; the server never sees a password."""
+_REFUSALS = {
+    TokenOutcome.UNKNOWN_DEVICE: (ErrorCode.UNKNOWN_DEVICE, "no such user or device"),
+    TokenOutcome.BAD_SIGNATURE: (ErrorCode.BAD_SIGNATURE, "challenge signature is invalid"),
+    TokenOutcome.BAD_CHALLENGE: (ErrorCode.UNAUTHORIZED, "challenge unknown, used or expired"),
+}
 
-    def __init__(self, config: ServerConfig, accounts: AccountStore, auth: AuthStore) -> None:
+
+class AuthHandler:
+    """Challenge-response with the device's Ed25519 key; the server never sees a password.
+
+    Each step is one store transaction: a challenge is issued to a live device;
+    a token is issued when the device's signature checks out and its challenge
+    is spent (single use, fresh); a token authenticates while it is fresh and
+    its device is not revoked (revoking deletes the device's tokens too).
+    """
+
+    def __init__(self, config: ServerConfig, auth: AuthStore) -> None:
         self._config = config
-        self._accounts = accounts
         self._auth = auth
 
-    async def _device(self, username: str, device_id: str) -> DeviceRow:
-        device = await self._accounts.get_device(username, device_id)
-        if device is None:
-            raise ProtocolError(ErrorCode.UNKNOWN_DEVICE, "no such user or device")
-        return device
-
     async def challenge(self, req: ChallengeRequest) -> ChallengeResponse:
-        device = await self._device(req.username, req.device_id)
         challenge = secrets.token_urlsafe(32)
         now = now_ms()
         expires = now + self._config.challenge_ttl_s * 1000
-        await self._auth.add_challenge(challenge, device.pk, expires, now)
+        if not await self._auth.add_challenge(req.username, req.device_id, challenge, expires, now):
+            raise ProtocolError(ErrorCode.UNKNOWN_DEVICE, "no such user or device")
         return ChallengeResponse(challenge=challenge, expires_at=expires)
 
     async def token(self, req: TokenRequest) -> TokenResponse:
-        device = await self._device(req.username, req.device_id)
         payload = auth_payload(
             challenge=req.challenge, username=req.username, device_id=req.device_id
         )
-        try:
-            verify_ed25519(device.ed25519, payload, req.signature)
-        except SignatureError:
-            raise ProtocolError(ErrorCode.BAD_SIGNATURE, "challenge signature is invalid") from None
-        now = now_ms()
-        if not await self._auth.consume_challenge(req.challenge, device.pk, now):
-            raise ProtocolError(ErrorCode.UNAUTHORIZED, "challenge unknown, used or expired")
+
+        def signed_by(ed25519: str) -> bool:
+            try:
+                verify_ed25519(ed25519, payload, req.signature)
+            except SignatureError:
+                return False
+            return True
+
         token = secrets.token_urlsafe(32)
+        now = now_ms()
         expires = now + self._config.token_ttl_s * 1000
-        await self._auth.add_token(_token_hash(token), device.pk, expires, now)
+        outcome = await self._auth.issue_token(
+            req.username, req.device_id, req.challenge, signed_by, _token_hash(token), expires, now
+        )
+        if outcome is not TokenOutcome.ISSUED:
+            raise ProtocolError(*_REFUSALS[outcome])
         return TokenResponse(token=token, expires_at=expires)
 
     async def authenticate(self, token: object) -> DeviceRow:
@@ -70,11 +82,9 @@ class AuthHandler:
             raise ProtocolError(ErrorCode.UNAUTHORIZED, "missing or malformed access token")
         found = await self._auth.lookup_token(_token_hash(token))
         if found is None:
+            # Never issued, purged, or its device was removed (which deletes its tokens).
             raise ProtocolError(ErrorCode.UNAUTHORIZED, "unknown access token")
-        device_pk, expires_at = found
+        device, expires_at = found
         if expires_at < now_ms():
             raise ProtocolError(ErrorCode.TOKEN_EXPIRED, "access token expired; authenticate again")
-        device = await self._accounts.get_device_by_pk(device_pk)
-        if device is None:
-            raise ProtocolError(ErrorCode.UNAUTHORIZED, "device no longer exists")
         return device

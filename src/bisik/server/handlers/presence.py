@@ -4,7 +4,7 @@ from bisik.proto import ErrorCode, PresenceInfo, ProtocolError, Settings
 from bisik.server._clock import now_ms
 from bisik.server.handlers._notifier import Notifier
 from bisik.server.stores import DeviceRow
-from bisik.server.stores.presence import PresenceStore
+from bisik.server.stores.presence import Announcement, PresenceStore
 
 
 class PresenceHandler:
@@ -30,27 +30,22 @@ class PresenceHandler:
         return pk
 
     async def connected(self, device: DeviceRow) -> None:
-        if await self._store.device_online(device.pk, +1, now_ms()) == 1:
-            await self._announce(device.username)
+        await self._announce(await self._store.socket_changed(device.pk, +1, now_ms()))
 
     async def disconnected(self, device: DeviceRow) -> None:
-        if await self._store.device_online(device.pk, -1, now_ms()) == 0:
-            await self._announce(device.username)
+        await self._announce(await self._store.socket_changed(device.pk, -1, now_ms()))
 
-    async def _announce(self, username: str) -> None:
-        user_pk = await self.user_pk(username)
-        if user_pk is None:
-            return
-        state = await self._store.presence(user_pk)
-        if not state.share_presence:
+    async def _announce(self, announcement: Announcement | None) -> None:
+        if announcement is None:
             return
         info = PresenceInfo(
-            username=username, visible=True, online=state.online, last_seen_at=state.last_seen_at
+            username=announcement.username,
+            visible=True,
+            online=announcement.online,
+            last_seen_at=announcement.last_seen_at,
         )
-        for partner in await self._store.partners(user_pk):
-            partner_pk = await self.user_pk(partner)
-            if partner_pk is not None and await self._store.share_presence(partner_pk):
-                await self._notifier.presence(partner, info)
+        for partner in announcement.partners:
+            await self._notifier.presence(partner, info)
 
     async def require_conversation(self, device: DeviceRow, usernames: set[str]) -> None:
         """Raise ``not_in_conversation`` unless the device's user shares a
@@ -102,5 +97,5 @@ class PresenceHandler:
                 for partner in await self._store.partners(me):
                     await self._notifier.presence(partner, hidden)
             elif req.share_presence and not before:
-                await self._announce(device.username)
+                await self._announce(await self._store.announcement(me))
         return Settings(share_presence=await self._store.share_presence(me))

@@ -3,10 +3,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import func, insert, select, update
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import Connection, bindparam, func, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.sql.elements import ColumnElement
 
+from bisik.server._db import OneHop
+from bisik.server.stores._batch import Batcher
 from bisik.server.stores.schema import conversations, devices, user_settings, users
 
 
@@ -17,120 +20,197 @@ class Presence:
     share_presence: bool
 
 
-class PresenceStore:
-    """Who shares a conversation with whom, privacy settings, and live device counts."""
+@dataclass(frozen=True)
+class Announcement:
+    """A user's presence changed: what to tell which partners (those who share theirs)."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
+    username: str
+    online: bool
+    last_seen_at: int | None
+    partners: list[str]
+
+
+@dataclass(frozen=True)
+class _SocketChange:
+    device_pk: int
+    delta: int
+    now: int
+
+
+def _partners_of(user_pk: int) -> ColumnElement[bool]:
+    """Users who share a conversation with ``user_pk``."""
+    return users.c.id.in_(
+        select(conversations.c.user_b).where(conversations.c.user_a == user_pk)
+    ) | users.c.id.in_(select(conversations.c.user_a).where(conversations.c.user_b == user_pk))
+
+
+def _share_presence(conn: Connection, user_pk: int) -> bool:
+    value = conn.execute(
+        select(user_settings.c.share_presence).where(user_settings.c.user_id == user_pk)
+    ).scalar_one_or_none()
+    return True if value is None else bool(value)
+
+
+def _presence(conn: Connection, user_pk: int) -> tuple[bool, int | None]:
+    online, last_seen = conn.execute(
+        select(
+            func.coalesce(func.sum(devices.c.online_count), 0),
+            func.max(devices.c.last_seen_at),
+        ).where(devices.c.user_id == user_pk, devices.c.revoked_at.is_(None))
+    ).one()
+    return int(online) > 0, None if last_seen is None else int(last_seen)
+
+
+def _announcement(conn: Connection, user_pk: int) -> Announcement | None:
+    """What to tell whom about the user, or ``None`` if they hide their presence."""
+    if not _share_presence(conn, user_pk):
+        return None
+    username = conn.execute(select(users.c.username).where(users.c.id == user_pk)).scalar_one()
+    online, last_seen = _presence(conn, user_pk)
+    # Sharing is reciprocal: only partners who share their own presence see it.
+    partners = conn.execute(
+        select(users.c.username)
+        .select_from(users)
+        .outerjoin(user_settings, user_settings.c.user_id == users.c.id)
+        .where(
+            _partners_of(user_pk),
+            or_(user_settings.c.share_presence.is_(None), user_settings.c.share_presence),
+        )
+    ).scalars()
+    return Announcement(str(username), online, last_seen, [str(p) for p in partners])
+
+
+_socket_change = (
+    update(devices)
+    .where(devices.c.id == bindparam("device_pk"))
+    .values(last_seen_at=bindparam("now"))
+    .returning(devices.c.user_id)
+)
+
+
+class PresenceStore:
+    """Who shares a conversation with whom, privacy settings, and live device counts.
+
+    Every method is one ``OneHop`` step; socket connects and disconnects, which
+    come in bursts (a restarted server's clients all reconnect at once), are
+    group-committed.
+    """
+
+    def __init__(self, db: OneHop) -> None:
+        self._db = db
+        self._changes: Batcher[_SocketChange, Announcement | None] = Batcher(self._change_batch)
 
     async def add_pairs(self, pairs: Iterable[tuple[int, int]], now: int) -> None:
         """Record 1:1 conversations between user primary keys (either order)."""
-        for a, b in {(min(p), max(p)) for p in pairs if p[0] != p[1]}:
-            try:
-                async with self._engine.begin() as conn:
-                    await conn.execute(
-                        insert(conversations).values(user_a=a, user_b=b, created_at=now)
-                    )
-            except IntegrityError:
-                pass  # already known
+        rows = [
+            {"user_a": a, "user_b": b, "created_at": now}
+            for a, b in sorted({(min(p), max(p)) for p in pairs if p[0] != p[1]})
+        ]
+        if not rows:
+            return
+
+        def work(conn: Connection) -> None:
+            dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+            conn.execute(dialect_insert(conversations).on_conflict_do_nothing(), rows)
+
+        await self._db.write(work)
 
     async def share_conversation(self, user_pk: int, other_pks: Iterable[int]) -> set[int]:
         """Which of ``other_pks`` share a conversation with ``user_pk``."""
         others = set(other_pks) - {user_pk}
         if not others:
             return set()
-        async with self._engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    select(conversations.c.user_a, conversations.c.user_b).where(
-                        ((conversations.c.user_a == user_pk) & conversations.c.user_b.in_(others))
-                        | ((conversations.c.user_b == user_pk) & conversations.c.user_a.in_(others))
-                    )
+
+        def work(conn: Connection) -> set[int]:
+            rows = conn.execute(
+                select(conversations.c.user_a, conversations.c.user_b).where(
+                    ((conversations.c.user_a == user_pk) & conversations.c.user_b.in_(others))
+                    | ((conversations.c.user_b == user_pk) & conversations.c.user_a.in_(others))
                 )
             ).all()
-        return {b if a == user_pk else a for a, b in rows}
+            return {int(b) if a == user_pk else int(a) for a, b in rows}
+
+        return await self._db.read(work)
 
     async def partners(self, user_pk: int) -> list[str]:
         """Usernames of everyone sharing a conversation with the user."""
-        async with self._engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    select(users.c.username).where(
-                        users.c.id.in_(
-                            select(conversations.c.user_b).where(conversations.c.user_a == user_pk)
-                        )
-                        | users.c.id.in_(
-                            select(conversations.c.user_a).where(conversations.c.user_b == user_pk)
-                        )
-                    )
-                )
-            ).scalars()
-            return list(rows)
+
+        def work(conn: Connection) -> list[str]:
+            rows = conn.execute(select(users.c.username).where(_partners_of(user_pk))).scalars()
+            return [str(r) for r in rows]
+
+        return await self._db.read(work)
 
     async def user_pk(self, username: str) -> int | None:
-        async with self._engine.connect() as conn:
-            pk = (
-                await conn.execute(select(users.c.id).where(users.c.username == username))
+        def work(conn: Connection) -> int | None:
+            pk = conn.execute(
+                select(users.c.id).where(users.c.username == username)
             ).scalar_one_or_none()
-        return int(pk) if pk is not None else None
+            return int(pk) if pk is not None else None
+
+        return await self._db.read(work)
 
     async def share_presence(self, user_pk: int) -> bool:
-        async with self._engine.connect() as conn:
-            value = (
-                await conn.execute(
-                    select(user_settings.c.share_presence).where(user_settings.c.user_id == user_pk)
-                )
-            ).scalar_one_or_none()
-        return True if value is None else bool(value)
+        return await self._db.read(lambda conn: _share_presence(conn, user_pk))
 
     async def set_share_presence(self, user_pk: int, share: bool) -> None:
-        async with self._engine.begin() as conn:
-            done = await conn.execute(
+        def work(conn: Connection) -> None:
+            done = conn.execute(
                 update(user_settings)
                 .where(user_settings.c.user_id == user_pk)
                 .values(share_presence=share)
             )
             if not done.rowcount:
-                await conn.execute(
-                    insert(user_settings).values(user_id=user_pk, share_presence=share)
-                )
+                conn.execute(insert(user_settings).values(user_id=user_pk, share_presence=share))
 
-    async def device_online(self, device_pk: int, delta: int, now: int) -> int:
-        """Add ``delta`` live sockets to a device; returns the user's live sockets after."""
-        async with self._engine.begin() as conn:
-            await conn.execute(
-                update(devices)
-                .where(devices.c.id == device_pk)
-                .values(
-                    online_count=func.max(devices.c.online_count + delta, 0)
-                    if conn.dialect.name == "sqlite"
-                    else func.greatest(devices.c.online_count + delta, 0),
-                    last_seen_at=now,
-                )
+        await self._db.write(work)
+
+    async def announcement(self, user_pk: int) -> Announcement | None:
+        """The user's presence for their partners, or ``None`` if they hide it."""
+        return await self._db.read(lambda conn: _announcement(conn, user_pk))
+
+    async def socket_changed(self, device_pk: int, delta: int, now: int) -> Announcement | None:
+        """Add ``delta`` (+1 or -1) live sockets to a device.
+
+        Returns what to announce when that took its user online (their first
+        socket) or offline (their last), else ``None``.
+        """
+        return await self._changes.submit(_SocketChange(device_pk, delta, now))
+
+    async def _change_batch(self, batch: list[_SocketChange]) -> list[Announcement | None]:
+        def work(conn: Connection) -> list[Announcement | None]:
+            bounded: ColumnElement[int] = (
+                func.max(devices.c.online_count + bindparam("delta"), 0)
+                if conn.dialect.name == "sqlite"
+                else func.greatest(devices.c.online_count + bindparam("delta"), 0)
             )
-            user_pk = select(devices.c.user_id).where(devices.c.id == device_pk).scalar_subquery()
-            total = (
-                await conn.execute(
+            change = _socket_change.values(online_count=bounded)
+            out: list[Announcement | None] = []
+            for req in batch:
+                user_pk = conn.execute(
+                    change, {"device_pk": req.device_pk, "delta": req.delta, "now": req.now}
+                ).scalar_one_or_none()
+                if user_pk is None:
+                    out.append(None)
+                    continue
+                total = conn.execute(
                     select(func.coalesce(func.sum(devices.c.online_count), 0)).where(
                         devices.c.user_id == user_pk, devices.c.revoked_at.is_(None)
                     )
-                )
-            ).scalar_one()
-        return int(total)
+                ).scalar_one()
+                crossed = int(total) == 1 if req.delta > 0 else int(total) == 0
+                out.append(_announcement(conn, int(user_pk)) if crossed else None)
+            return out
+
+        return await self._db.write(work)
 
     async def presence(self, user_pk: int) -> Presence:
-        async with self._engine.connect() as conn:
-            online, last_seen = (
-                await conn.execute(
-                    select(
-                        func.coalesce(func.sum(devices.c.online_count), 0),
-                        func.max(devices.c.last_seen_at),
-                    ).where(devices.c.user_id == user_pk, devices.c.revoked_at.is_(None))
-                )
-            ).one()
-        return Presence(int(online) > 0, last_seen, await self.share_presence(user_pk))
+        def work(conn: Connection) -> Presence:
+            online, last_seen = _presence(conn, user_pk)
+            return Presence(online, last_seen, _share_presence(conn, user_pk))
+
+        return await self._db.read(work)
 
     async def reset_online(self) -> None:
         """At startup of a lone server process: no socket survived the restart."""
-        async with self._engine.begin() as conn:
-            await conn.execute(update(devices).values(online_count=0))
+        await self._db.write(lambda conn: conn.execute(update(devices).values(online_count=0)))
