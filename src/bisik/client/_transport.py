@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -19,6 +20,13 @@ log = logging.getLogger("bisik.client.transport")
 Signer = Callable[[bytes], str]
 Handler = Callable[..., Awaitable[None]]
 
+# A token this close to its expiry is not reused: a fresh one is fetched instead
+# (covers a clock behind the server's and a request in flight at expiry).
+TOKEN_MARGIN_S = 300.0
+
+# Refusals that mean "this token is no good": sign in again, once.
+_TOKEN_REFUSED = (ErrorCode.UNAUTHORIZED, ErrorCode.TOKEN_EXPIRED)
+
 
 async def _slices(content: bytes) -> AsyncIterator[bytes]:
     # httpx keeps each request in a reference cycle that only the cyclic GC
@@ -33,7 +41,11 @@ class Transport:
     """Talks to one server as one device.
 
     The socket reconnects by itself with exponential backoff (0.5 s up to 5 s,
-    randomised); each attempt fetches a fresh token by challenge-response.
+    each delay moved by up to +-0.5 s at random, so that the clients of a
+    restarted server do not all come back in the same instant). Each attempt
+    reuses the access token while it is fresh, so a reconnect is one socket
+    connect, not two sign-in calls more; a token the server refuses (expired,
+    or its device removed) is dropped, and the next attempt signs in again.
     """
 
     def __init__(
@@ -50,6 +62,9 @@ class Transport:
         self._device_id = device_id
         self._signer = signer
         self._token: str | None = None
+        self._token_expires_at = 0.0  # server's epoch seconds
+        self._socket_token: str | None = None  # what the last connect attempt sent
+        self._socket_token_fresh = False  # and whether it signed in for it
         # Idle connections are dropped well before a server's keep-alive timeout
         # (uvicorn's default is 5 s), so a request never races the server closing
         # the connection it reuses.
@@ -133,7 +148,9 @@ class Transport:
         self._token = None
 
     async def token(self) -> str:
-        if self._token is None:
+        """The access token, signing in again if there is none or it is near expiry."""
+        if self._token is None or time.time() > self._token_expires_at - TOKEN_MARGIN_S:
+            self._token = None  # not reused, even if the sign-in below fails
             self._token = await self._fresh_token()
         return self._token
 
@@ -164,6 +181,7 @@ class Transport:
             },
             auth=False,
         )
+        self._token_expires_at = int(answer["expires_at"]) / 1000
         return str(answer["token"])
 
     # -- Socket.IO --------------------------------------------------------------
@@ -190,10 +208,13 @@ class Transport:
         return "/" in self.sio.namespaces
 
     async def _socket_auth(self) -> dict[str, str]:
-        # A fresh token per attempt: a reconnect after a long outage must not
-        # fail on an expired one.
-        self._token = await self._fresh_token()
-        return {"token": self._token}
+        # The token in hand while it is fresh (see the class docstring): after a
+        # server restart every client reconnects at once, and two sign-in calls
+        # each would triple what the server has to do.
+        before = self._token
+        self._socket_token = await self.token()
+        self._socket_token_fresh = self._socket_token != before
+        return {"token": self._socket_token}
 
     async def _on_connect_error(self, data: Any = None) -> None:
         # Only a refusal by the server carries a code; anything else is the
@@ -203,24 +224,36 @@ class Transport:
             if isinstance(code, str):
                 self.last_connect_error = ProtocolError(code, str(data.get("message", "")))
                 log.info("connection refused: %s", code)
+                if code in _TOKEN_REFUSED and self._token == self._socket_token:
+                    # Expired early (clocks apart) or its device was removed:
+                    # the next attempt signs in, which says which.
+                    self._token = None
 
     async def connect(self, *, retry: bool, wait_timeout: float = 10.0) -> None:
         """Open the socket. With ``retry`` a failed first attempt keeps retrying in the
-        background (the outbox waits); without, it raises ``NotConnected``."""
-        self.last_connect_error = None
-        try:
-            await self.sio.connect(
-                self.server_url,
-                auth=self._socket_auth,
-                transports=["websocket"],
-                wait_timeout=wait_timeout,
-                retry=retry,
-            )
-        except socketio.exceptions.ConnectionError as exc:
-            reason = self.last_connect_error
-            if reason is not None:
-                raise reason from None
-            raise NotConnected(f"cannot connect to {self.server_url}: {exc}") from None
+        background (the outbox waits); without, it raises ``NotConnected``.
+
+        A token in hand that the server refuses is replaced by a fresh sign-in
+        once; a refusal of a fresh token is raised."""
+        for attempt in range(2):
+            self.last_connect_error = None
+            try:
+                await self.sio.connect(
+                    self.server_url,
+                    auth=self._socket_auth,
+                    transports=["websocket"],
+                    wait_timeout=wait_timeout,
+                    retry=retry,
+                )
+                return
+            except socketio.exceptions.ConnectionError as exc:
+                reason = self.last_connect_error
+                if reason is None:
+                    raise NotConnected(f"cannot connect to {self.server_url}: {exc}") from None
+                if attempt or self._socket_token_fresh or reason.code not in _TOKEN_REFUSED:
+                    raise reason from None
+                # A token in hand was refused, and _on_connect_error dropped it:
+                # once more, with a fresh sign-in.
 
     async def call(self, event: str, data: Any, timeout: float = 15.0) -> dict[str, Any]:
         """Emit an event and wait for its ack; raises ``ProtocolError`` if refused."""
