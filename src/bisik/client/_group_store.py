@@ -117,16 +117,18 @@ class Waiting:
     server_seq: int
 
 
-def _group(row: tuple[Any, ...]) -> LocalGroup:
-    members = [
-        Member(str(m["username"]), str(m["role"]), int(m["added_at"])) for m in json.loads(row[4])
+def _members(data: str) -> list[Member]:
+    return [
+        Member(str(m["username"]), str(m["role"]), int(m["added_at"])) for m in json.loads(data)
     ]
-    return LocalGroup(str(row[0]), str(row[1]), str(row[2]), int(row[3]), members, bool(row[5]))
 
 
 class GroupStore:
     def __init__(self, store: LocalStore) -> None:
         self._store = store
+        # Member lists as last parsed, per group: a large group's list is read
+        # for every message it gets, and parsing it again costs more than the rest.
+        self._parsed: dict[str, tuple[str, list[Member]]] = {}
         for statement in _SCHEMA.split(";"):
             if statement.strip():
                 store._exec(statement)
@@ -163,7 +165,7 @@ class GroupStore:
             "SELECT id, name, description, version, members, active FROM groups WHERE id = ?",
             (group_id,),
         ).fetchone()
-        return _group(tuple(row)) if row else None
+        return self._group(tuple(row)) if row else None
 
     def groups(self, *, active_only: bool = True) -> list[LocalGroup]:
         rows = self._exec(
@@ -171,7 +173,16 @@ class GroupStore:
             "WHERE active = 1 OR ? ORDER BY name, id",
             (int(not active_only),),
         ).fetchall()
-        return [_group(tuple(r)) for r in rows]
+        return [self._group(tuple(r)) for r in rows]
+
+    def _group(self, row: tuple[Any, ...]) -> LocalGroup:
+        group_id, data = str(row[0]), str(row[4])
+        parsed = self._parsed.get(group_id)
+        if parsed is None or parsed[0] != data:
+            parsed = self._parsed[group_id] = (data, _members(data))
+        return LocalGroup(
+            group_id, str(row[1]), str(row[2]), int(row[3]), list(parsed[1]), bool(row[5])
+        )
 
     # -- our outbound sessions ----------------------------------------------------------
 
