@@ -1,6 +1,7 @@
 """Idle connections: server memory per authenticated socket, and mass reconnect after a restart.
 
-Run: ``.venv/bin/python bench/bench_idle.py [--counts 1000,5000] [--skip-node] [--skip-bisik]``
+Run: ``.venv/bin/python bench/bench_idle.py [--counts 1000,5000] [--skip-node] [--skip-bisik]
+[--skip-reconnect]``
 (``--counts 1000,5000,10000`` for 10k; the script raises its open-file limit.)
 
 The connections are light clients speaking Engine.IO 4 / Socket.IO 5 directly
@@ -17,8 +18,10 @@ exactly as ``bisik.client``'s transport does:
 Measured, per count (cumulative: 1,000 then 4,000 more, ...): the server
 process's RSS before the first connection and with all of them open and idle
 (after a settle delay), divided by the number of connections. Then the server is
-restarted (SIGTERM, same data) and every client reconnects at once, sign-in
-included: the time until all are connected again. The load generator is a
+restarted (SIGTERM, same data) and every client reconnects at once with the
+access token it holds, as ``bisik.client``'s transport does while the token is
+fresh (it signs in again only if the server refuses it): the time until all are
+connected again, and the server's CPU time for it. The load generator is a
 separate process from the server. Figures are printed, never asserted.
 """
 
@@ -106,6 +109,7 @@ class BisikDevice:
         self.curve25519 = b64encode(
             curve.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         )
+        self.token: str | None = None
 
     def register_body(self) -> dict[str, Any]:
         payload = device_payload(
@@ -139,7 +143,12 @@ class BisikDevice:
             "/v1/auth/token", json={**ids, "challenge": challenge, "signature": signature}
         )
         answer.raise_for_status()
-        return {"token": str(answer.json()["token"])}
+        self.token = str(answer.json()["token"])
+        return {"token": self.token}
+
+    async def reauth(self, http: httpx.AsyncClient) -> dict[str, str]:
+        """The token in hand, as the SDK reconnects; a sign-in if there is none."""
+        return {"token": self.token} if self.token else await self.auth(http)
 
 
 class NodeDevice:
@@ -149,21 +158,26 @@ class NodeDevice:
     async def auth(self, http: httpx.AsyncClient) -> dict[str, str]:
         return {"user": self.username, "token": secrets.token_urlsafe(16)}
 
+    async def reauth(self, http: httpx.AsyncClient) -> dict[str, str]:
+        return await self.auth(http)
+
 
 async def connect_all(
-    url: str, devices: list[Any], http: httpx.AsyncClient
+    url: str, devices: list[Any], http: httpx.AsyncClient, *, reconnect: bool = False
 ) -> tuple[list[LightSocket], int]:
-    """Sign in and connect every device, ``CONCURRENCY`` at a time; (sockets, failures)."""
+    """Sign in and connect every device, ``CONCURRENCY`` at a time; (sockets, failures).
+    With ``reconnect``, each uses the token it holds (a refused one: sign in again)."""
     gate = asyncio.Semaphore(CONCURRENCY)
     failures = 0
 
     async def one(device: Any) -> LightSocket | None:
         nonlocal failures
         async with gate:
-            for _attempt in range(5):
+            for attempt in range(5):
                 sock = LightSocket(url)
                 try:
-                    await sock.connect(await device.auth(http))
+                    sign_in = device.reauth if reconnect and not attempt else device.auth
+                    await sock.connect(await sign_in(http))
                     return sock
                 except (OSError, RuntimeError, httpx.HTTPError, websockets.WebSocketException):
                     await sock.close()
@@ -175,7 +189,9 @@ async def connect_all(
     return [s for s in sockets if s is not None], failures
 
 
-async def run_kind(kind: str, server: ServerProcess, counts: list[int]) -> dict[str, float]:
+async def run_kind(
+    kind: str, server: ServerProcess, counts: list[int], *, skip_reconnect: bool = False
+) -> dict[str, float]:
     total = max(counts)
     out: dict[str, float] = {}
     await server.start()
@@ -231,19 +247,24 @@ async def run_kind(kind: str, server: ServerProcess, counts: list[int]) -> dict[
                     f"(server CPU {cpu:.1f} s)"
                 )
 
-            # Restart: every client reconnects at once, with a fresh sign-in (as the SDK).
+            if skip_reconnect:
+                return out
+            # Restart: every client reconnects at once, with its token (as the SDK).
             for sock in sockets:
                 await sock.close()
             sockets = []
             await server.stop()
             await server.start()
+            cpu0 = proc_cpu_seconds(server.pid)
             t0 = time.perf_counter()
-            sockets, failed = await connect_all(server.url, devices, http)
+            sockets, failed = await connect_all(server.url, devices, http, reconnect=True)
             took = time.perf_counter() - t0
+            cpu = proc_cpu_seconds(server.pid) - cpu0
             out["reconnect_s"] = took
             print(
                 f"  [{kind}] restart: {len(sockets)} clients reconnected ({failed} failed) in "
-                f"{took:.1f} s -> {len(sockets) / took:.0f} connections/s"
+                f"{took:.1f} s -> {len(sockets) / took:.0f} connections/s "
+                f"(server CPU {cpu:.1f} s)"
             )
     finally:
         for sock in sockets:
@@ -255,7 +276,9 @@ async def run_kind(kind: str, server: ServerProcess, counts: list[int]) -> dict[
 async def run(args: argparse.Namespace) -> None:
     results = await run_both(
         "bisik-bench-idle-",
-        lambda kind, server: run_kind(kind, server, args.counts),
+        lambda kind, server: run_kind(
+            kind, server, args.counts, skip_reconnect=args.skip_reconnect
+        ),
         skip_node=args.skip_node,
         skip_bisik=args.skip_bisik,
     )
@@ -267,6 +290,8 @@ async def run(args: argparse.Namespace) -> None:
             f"{bisik[key]:.1f} KiB" if bisik else "skipped",
             baseline=f"{node[key]:.1f} KiB" if node else None,
         )
+    if args.skip_reconnect:
+        return
     summary_line(
         f"reconnect {max(args.counts)} clients after restart",
         f"{bisik['reconnect_s']:.1f} s" if bisik else "skipped",
@@ -284,6 +309,9 @@ def main() -> None:
     )
     parser.add_argument("--skip-node", action="store_true")
     parser.add_argument("--skip-bisik", action="store_true")
+    parser.add_argument(
+        "--skip-reconnect", action="store_true", help="measure memory only, no restart phase"
+    )
     args = parser.parse_args()
     banner("bench_idle: memory per idle connection and mass reconnect, Bisik vs Node.js")
     limit = raise_nofile()
