@@ -1,12 +1,12 @@
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, bindparam, func, insert, or_, select, update
+from sqlalchemy import Connection, Integer, Update, bindparam, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.elements import BindParameter, ColumnElement
 
 from bisik.server._db import OneHop
 from bisik.server.stores._batch import Batcher
@@ -37,55 +37,88 @@ class _SocketChange:
     now: int
 
 
-def _partners_of(user_pk: int) -> ColumnElement[bool]:
-    """Users who share a conversation with ``user_pk``."""
-    return users.c.id.in_(
-        select(conversations.c.user_b).where(conversations.c.user_a == user_pk)
-    ) | users.c.id.in_(select(conversations.c.user_a).where(conversations.c.user_b == user_pk))
+# Statements built once (bound by name): connect and disconnect run them for
+# every socket, and building one costs more than SQLite takes to run it.
+_USER: BindParameter[int] = bindparam("user_pk", type_=Integer)
+
+# Users who share a conversation with the user.
+_partners = users.c.id.in_(
+    select(conversations.c.user_b).where(conversations.c.user_a == _USER)
+) | users.c.id.in_(select(conversations.c.user_a).where(conversations.c.user_b == _USER))
+
+_partner_names = select(users.c.username).where(_partners)
+
+# Sharing is reciprocal: only partners who share their own presence see it.
+_sharing_partner_names = (
+    select(users.c.username)
+    .select_from(users.outerjoin(user_settings, user_settings.c.user_id == users.c.id))
+    .where(_partners, or_(user_settings.c.share_presence.is_(None), user_settings.c.share_presence))
+)
+
+_share_setting = select(user_settings.c.share_presence).where(user_settings.c.user_id == _USER)
+
+# (username, share_presence or NULL, live sockets, last seen) of a user.
+_state = (
+    select(
+        users.c.username,
+        user_settings.c.share_presence,
+        func.coalesce(func.sum(devices.c.online_count), 0),
+        func.max(devices.c.last_seen_at),
+    )
+    .select_from(
+        users.outerjoin(user_settings, user_settings.c.user_id == users.c.id).outerjoin(
+            devices, (devices.c.user_id == users.c.id) & devices.c.revoked_at.is_(None)
+        )
+    )
+    .where(users.c.id == _USER)
+    .group_by(users.c.username, user_settings.c.share_presence)
+)
+
+
+def _socket_change(greatest: Callable[..., ColumnElement[int]]) -> Update:
+    return (
+        update(devices)
+        .where(devices.c.id == bindparam("device_pk"))
+        .values(
+            online_count=greatest(devices.c.online_count + bindparam("delta"), 0),
+            last_seen_at=bindparam("now"),
+        )
+        .returning(devices.c.user_id)
+    )
+
+
+_SOCKET_CHANGE = {"sqlite": _socket_change(func.max), "postgresql": _socket_change(func.greatest)}
 
 
 def _share_presence(conn: Connection, user_pk: int) -> bool:
-    value = conn.execute(
-        select(user_settings.c.share_presence).where(user_settings.c.user_id == user_pk)
-    ).scalar_one_or_none()
+    value = conn.execute(_share_setting, {"user_pk": user_pk}).scalar_one_or_none()
     return True if value is None else bool(value)
 
 
-def _presence(conn: Connection, user_pk: int) -> tuple[bool, int | None]:
-    online, last_seen = conn.execute(
-        select(
-            func.coalesce(func.sum(devices.c.online_count), 0),
-            func.max(devices.c.last_seen_at),
-        ).where(devices.c.user_id == user_pk, devices.c.revoked_at.is_(None))
-    ).one()
-    return int(online) > 0, None if last_seen is None else int(last_seen)
+@dataclass(frozen=True)
+class _State:
+    username: str
+    presence: Presence
+    sockets: int
 
 
-def _announcement(conn: Connection, user_pk: int) -> Announcement | None:
+def _state_of(conn: Connection, user_pk: int) -> _State:
+    username, share, sockets, last_seen = conn.execute(_state, {"user_pk": user_pk}).one()
+    presence = Presence(int(sockets) > 0, last_seen, share is None or bool(share))
+    return _State(str(username), presence, int(sockets))
+
+
+def _announcement(conn: Connection, user_pk: int, state: _State) -> Announcement | None:
     """What to tell whom about the user, or ``None`` if they hide their presence."""
-    if not _share_presence(conn, user_pk):
+    if not state.presence.share_presence:
         return None
-    username = conn.execute(select(users.c.username).where(users.c.id == user_pk)).scalar_one()
-    online, last_seen = _presence(conn, user_pk)
-    # Sharing is reciprocal: only partners who share their own presence see it.
-    partners = conn.execute(
-        select(users.c.username)
-        .select_from(users)
-        .outerjoin(user_settings, user_settings.c.user_id == users.c.id)
-        .where(
-            _partners_of(user_pk),
-            or_(user_settings.c.share_presence.is_(None), user_settings.c.share_presence),
-        )
-    ).scalars()
-    return Announcement(str(username), online, last_seen, [str(p) for p in partners])
-
-
-_socket_change = (
-    update(devices)
-    .where(devices.c.id == bindparam("device_pk"))
-    .values(last_seen_at=bindparam("now"))
-    .returning(devices.c.user_id)
-)
+    partners = conn.execute(_sharing_partner_names, {"user_pk": user_pk}).scalars()
+    return Announcement(
+        state.username,
+        state.presence.online,
+        state.presence.last_seen_at,
+        [str(p) for p in partners],
+    )
 
 
 class PresenceStore:
@@ -136,7 +169,7 @@ class PresenceStore:
         """Usernames of everyone sharing a conversation with the user."""
 
         def work(conn: Connection) -> list[str]:
-            rows = conn.execute(select(users.c.username).where(_partners_of(user_pk))).scalars()
+            rows = conn.execute(_partner_names, {"user_pk": user_pk}).scalars()
             return [str(r) for r in rows]
 
         return await self._db.read(work)
@@ -167,7 +200,9 @@ class PresenceStore:
 
     async def announcement(self, user_pk: int) -> Announcement | None:
         """The user's presence for their partners, or ``None`` if they hide it."""
-        return await self._db.read(lambda conn: _announcement(conn, user_pk))
+        return await self._db.read(
+            lambda conn: _announcement(conn, user_pk, _state_of(conn, user_pk))
+        )
 
     async def socket_changed(self, device_pk: int, delta: int, now: int) -> Announcement | None:
         """Add ``delta`` (+1 or -1) live sockets to a device.
@@ -179,12 +214,7 @@ class PresenceStore:
 
     async def _change_batch(self, batch: list[_SocketChange]) -> list[Announcement | None]:
         def work(conn: Connection) -> list[Announcement | None]:
-            bounded: ColumnElement[int] = (
-                func.max(devices.c.online_count + bindparam("delta"), 0)
-                if conn.dialect.name == "sqlite"
-                else func.greatest(devices.c.online_count + bindparam("delta"), 0)
-            )
-            change = _socket_change.values(online_count=bounded)
+            change = _SOCKET_CHANGE[conn.dialect.name]
             out: list[Announcement | None] = []
             for req in batch:
                 user_pk = conn.execute(
@@ -193,23 +223,16 @@ class PresenceStore:
                 if user_pk is None:
                     out.append(None)
                     continue
-                total = conn.execute(
-                    select(func.coalesce(func.sum(devices.c.online_count), 0)).where(
-                        devices.c.user_id == user_pk, devices.c.revoked_at.is_(None)
-                    )
-                ).scalar_one()
-                crossed = int(total) == 1 if req.delta > 0 else int(total) == 0
-                out.append(_announcement(conn, int(user_pk)) if crossed else None)
+                # Announced when the user's first socket opened or last one closed.
+                state = _state_of(conn, int(user_pk))
+                crossed = state.sockets == (1 if req.delta > 0 else 0)
+                out.append(_announcement(conn, int(user_pk), state) if crossed else None)
             return out
 
         return await self._db.write(work)
 
     async def presence(self, user_pk: int) -> Presence:
-        def work(conn: Connection) -> Presence:
-            online, last_seen = _presence(conn, user_pk)
-            return Presence(online, last_seen, _share_presence(conn, user_pk))
-
-        return await self._db.read(work)
+        return await self._db.read(lambda conn: _state_of(conn, user_pk).presence)
 
     async def reset_online(self) -> None:
         """At startup of a lone server process: no socket survived the restart."""
