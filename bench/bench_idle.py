@@ -1,7 +1,7 @@
 """Idle connections: server memory per authenticated socket, and mass reconnect after a restart.
 
 Run: ``.venv/bin/python bench/bench_idle.py [--counts 1000,5000] [--skip-node] [--skip-bisik]
-[--skip-reconnect]``
+[--skip-reconnect] [--deflate]``
 (``--counts 1000,5000,10000`` for 10k; the script raises its open-file limit.)
 
 The connections are light clients speaking Engine.IO 4 / Socket.IO 5 directly
@@ -14,6 +14,10 @@ exactly as ``bisik.client``'s transport does:
   connection ``POST /v1/auth/challenge``, the device signs the challenge,
   ``POST /v1/auth/token``, then the Socket.IO connect with ``{"token": ...}``.
 * Node relay (bench/baselines/node-relay): connect with ``{"user", "token"}``.
+
+The Bisik server runs as ``python -m bisik.cli server`` (as deployed, with its
+uvicorn options). ``--deflate``: the clients offer permessage-deflate, as
+browsers do (the SDK's Socket.IO client does not).
 
 Measured, per count (cumulative: 1,000 then 4,000 more, ...): the server
 process's RSS before the first connection and with all of them open and idle
@@ -33,6 +37,7 @@ import contextlib
 import json
 import resource
 import secrets
+import sys
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -61,6 +66,9 @@ def raise_nofile() -> int:
 class LightSocket:
     """One Socket.IO connection on a bare websocket: connect with ``auth``, answer pings."""
 
+    # Offer permessage-deflate as browsers do (--deflate); the SDK's client does not.
+    compression: str | None = None
+
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
         self.ws_url = f"ws://{parts.netloc}/socket.io/?EIO=4&transport=websocket"
@@ -68,7 +76,7 @@ class LightSocket:
         self._task: asyncio.Task[None] | None = None
 
     async def connect(self, auth: dict[str, str]) -> None:
-        self.ws = await websockets.connect(self.ws_url, max_size=None, compression=None)
+        self.ws = await websockets.connect(self.ws_url, max_size=None, compression=self.compression)
         opening = await self.ws.recv()  # Engine.IO "0{...}"
         if not str(opening).startswith("0"):
             raise RuntimeError(f"unexpected Engine.IO open packet {opening!r}")
@@ -194,6 +202,13 @@ async def run_kind(
 ) -> dict[str, float]:
     total = max(counts)
     out: dict[str, float] = {}
+    if kind == "bisik":
+        # As deployed: ``bisik server`` (its uvicorn options included), not a bare uvicorn.
+        server.command = [
+            *(sys.executable, "-m", "bisik.cli", "server"),
+            *("--host", "127.0.0.1", "--port", str(server.port), "--data", str(server.data_dir)),
+        ]
+        print(f"  [bisik] {' '.join(server.command[1:])}")
     await server.start()
     sockets: list[LightSocket] = []
     # Idle keep-alive connections expire before uvicorn's 5 s timeout closes them (as the SDK).
@@ -310,10 +325,17 @@ def main() -> None:
     parser.add_argument("--skip-node", action="store_true")
     parser.add_argument("--skip-bisik", action="store_true")
     parser.add_argument(
+        "--deflate",
+        action="store_true",
+        help="clients offer permessage-deflate, as browsers do (default: not, as the SDK)",
+    )
+    parser.add_argument(
         "--skip-reconnect", action="store_true", help="measure memory only, no restart phase"
     )
     args = parser.parse_args()
     banner("bench_idle: memory per idle connection and mass reconnect, Bisik vs Node.js")
+    if args.deflate:
+        LightSocket.compression = "deflate"
     limit = raise_nofile()
     print(f"open-file limit: {limit} (servers inherit it)")
     if limit < max(args.counts) + 200:

@@ -11,6 +11,7 @@ from typing import Any
 import uvicorn
 
 from bisik.server import ServerConfig, create_app
+from bisik.server._uvicorn import uvicorn_options
 
 
 def add_parser(sub: Any) -> None:
@@ -141,10 +142,6 @@ def run(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         log_level="info" if args.verbose else "warning",
-        # Access logs would record who fetched whose keys, and when: the server
-        # keeps no record it does not need.
-        access_log=False,
-        # Longer than any client keeps an idle connection (the SDK: 2 s).
-        timeout_keep_alive=30,
+        **uvicorn_options(),
     )
     return 0

@@ -12,6 +12,7 @@ import uvicorn
 
 from bisik.server._app import create_app
 from bisik.server._config import ServerConfig
+from bisik.server._uvicorn import uvicorn_options
 
 
 class _Server(uvicorn.Server):
@@ -51,10 +52,9 @@ class EmbeddedServer:
                 host=self.host,
                 port=self.port,
                 log_level="warning",
-                access_log=False,
-                timeout_keep_alive=30,
                 lifespan="on",
                 timeout_graceful_shutdown=3,
+                **uvicorn_options(),
             )
         )
         self._task = asyncio.create_task(self._server.serve(), name="bisik-server")

@@ -1,0 +1,147 @@
+"""How uvicorn serves Bisik: its websocket protocol and options, shared by every way to run it.
+
+``bisik server``, :class:`~bisik.server.EmbeddedServer` and the benchmarks all
+pass :func:`uvicorn_options`, so that what is measured is what runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+
+class _Inbox:
+    """What uvicorn's protocol needs of its ``asyncio.Queue``: ``put_nowait``, ``get``, ``empty``.
+
+    An ``asyncio.Queue`` allocates three deques and an Event (four deques of
+    about 700 bytes each) for every connection; this holds a list and, only
+    while a reader waits, a future. uvicorn pauses reading after each message
+    until the app took it, so the list stays a few items long.
+    """
+
+    __slots__ = ("_items", "_waiters")
+
+    def __init__(self) -> None:
+        self._items: list[Any] = []
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def put_nowait(self, item: Any) -> None:
+        self._items.append(item)
+        self._wake()
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    async def get(self) -> Any:
+        while not self._items:
+            waiter = asyncio.get_running_loop().create_future()
+            if self._waiters is None:
+                self._waiters = []
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if self._waiters is not None and waiter in self._waiters:
+                    self._waiters.remove(waiter)
+                    if not self._waiters:
+                        self._waiters = None
+        item = self._items.pop(0)
+        if self._items:
+            self._wake()  # another reader may be waiting for what is left
+        return item
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+class _Flag:
+    """What uvicorn's protocol needs of its ``asyncio.Event`` (``writable``), without its deque.
+
+    Waiters are woken in the order they started waiting, as by ``asyncio.Event``,
+    so sends held up by a full transport buffer keep their order.
+    """
+
+    __slots__ = ("_is_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._is_set = False
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        return self._is_set
+
+    def set(self) -> None:
+        self._is_set = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._is_set = False
+
+    async def wait(self) -> bool:
+        if self._is_set:
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if self._waiters is not None and waiter in self._waiters:
+                self._waiters.remove(waiter)
+        return True
+
+
+class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's websockets (sans-I/O) protocol, lighter per open connection.
+
+    Its receive queue and writable event become :class:`_Inbox` and
+    :class:`_Flag`, and the parsed handshake request and the response are let
+    go once the handshake is done (the app keeps what it needs: the ASGI scope).
+    About 7 KB less per connection; the behaviour is uvicorn's.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.queue = _Inbox()  # type: ignore[assignment]
+        writable = _Flag()
+        writable.set()
+        self.writable = writable  # type: ignore[assignment]
+
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if message.get("type") == "websocket.accept" and self.handshake_complete:
+            # Read only before and during the handshake.
+            self.request = None  # type: ignore[assignment]
+            self.response = None  # type: ignore[assignment]
+
+
+def uvicorn_options() -> dict[str, Any]:
+    """Keyword arguments for ``uvicorn.run`` / ``uvicorn.Config`` besides the app, host and port."""
+    return {
+        "ws": LeanWebSocketProtocol,
+        # Engine.IO's own heartbeat (ping_interval / ping_timeout) detects dead
+        # clients; a second one at the websocket layer is only more wake-ups.
+        "ws_ping_interval": None,
+        "ws_ping_timeout": None,
+        # A browser offers permessage-deflate and uvicorn accepted it: a zlib
+        # compressor and decompressor per connection (tens of KB each) to
+        # squeeze ciphertext, which does not compress.
+        "ws_per_message_deflate": False,
+        # Access logs would record who fetched whose keys, and when: the server
+        # keeps no record it does not need.
+        "access_log": False,
+        # Longer than any client keeps an idle connection (the SDK: 2 s).
+        "timeout_keep_alive": 30,
+    }
