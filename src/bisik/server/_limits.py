@@ -86,15 +86,26 @@ class Limits:
         self.messages = RateLimiter(config.messages_per_device_per_s, config.message_burst)
         self.max_sockets = config.max_connections_per_ip
         self._sockets: dict[str, int] = {}
+        # Parsing the address and testing each network cost more than the rest of
+        # a limit check; every sign-in request and socket connect makes one.
+        self._exempt_cache: dict[str, bool] = {}
 
     def is_exempt(self, ip: str | None) -> bool:
         if ip is None:
             return False
+        known = self._exempt_cache.get(ip)
+        if known is not None:
+            return known
         try:
             address = ipaddress.ip_address(ip)
         except ValueError:
-            return False
-        return any(address in network for network in self.exempt)
+            exempt = False
+        else:
+            exempt = any(address in network for network in self.exempt)
+        if len(self._exempt_cache) >= MAX_TRACKED:
+            self._exempt_cache.clear()
+        self._exempt_cache[ip] = exempt
+        return exempt
 
     def registration(self, ip: str | None) -> None:
         """Raises ``ProtocolError(rate_limited)`` past the per-IP registration rate."""
