@@ -17,12 +17,19 @@ from bisik.client import (
     LocalGroup,
     MessageReceived,
     MessageWaiting,
+    Synced,
 )
 from bisik.client._models import DeviceStamp, GroupPlaintext, RoomKeyContent
 from bisik.crypto import MegolmInbound, MegolmOutbound
 from bisik.proto import ErrorCode, ProtocolError
 from bisik.server.stores.schema import devices, envelopes, messages, users
-from tests.conftest import ClientFactory, RunningServer, next_event, record_group_stats
+from tests.conftest import (
+    PASSWORD,
+    ClientFactory,
+    RunningServer,
+    next_event,
+    record_group_stats,
+)
 from tests.integration.test_devices import link
 
 
@@ -490,3 +497,37 @@ async def test_forged_key_answers_and_removed_senders_are_refused(
     failure = await next_event(b_in, DecryptionFailed)
     assert "not a member" in failure.reason
     assert "I was never removed" not in [m.body for m in bob.history("#Trust")]
+
+
+async def test_offline_backlog_of_group_and_direct_messages(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """A member comes back to group messages (one sender's key in the same backlog),
+    direct messages in between: everything opens, in order, nothing waits for a key."""
+    alice = await make_client("alice")
+    bob = await make_client("bob")
+    carol = await make_client("carol")
+    await alice.create_group("Backlog", ["bob", "carol"])
+    b_in = bob.subscribe()
+    await sent(alice, "#Backlog", "before")
+    assert await group_bodies(b_in, 1) == ["before"]
+    await bob.close()
+    expected = ["before"]
+    for i in range(30):
+        sender = alice if i % 3 else carol  # carol's first one carries her key
+        expected.append(f"{sender.username} {i}")
+        await sent(sender, "#Backlog", expected[-1])
+        if i % 5 == 0:
+            await sent(alice, "bob", f"direct {i}")
+    bob = await Client.open(tmp_path / "homes" / "bob", PASSWORD)
+    try:
+        inbox = bob.subscribe()
+        await bob.connect()
+        synced = await next_event(inbox, Synced, timeout=20)
+        assert synced.count == 36
+        assert [m.body for m in bob.history("#Backlog")] == expected
+        assert [m.body for m in bob.history("alice")] == [f"direct {i}" for i in range(0, 30, 5)]
+        assert bob.group_stats["waiting"] == 0
+    finally:
+        record_group_stats(bob)
+        await bob.close()

@@ -16,7 +16,7 @@ import logging
 import secrets
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pydantic
 
@@ -432,9 +432,10 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
     async def _handle_envelopes(self, envelopes: list[dict[str, Any]]) -> int:
         """Open envelopes in order and acknowledge the ones that are done.
 
-        Runs of Olm envelopes are opened in one local transaction (one durable
-        commit per run instead of per envelope); group messages, which may need
-        the network, are opened one by one between runs.
+        Runs of envelopes are opened in one local transaction (one durable
+        commit per run instead of per envelope); a group message whose key or
+        sender we do not know yet, which may need the network, is opened on its
+        own between runs.
         """
         done: list[int] = []
         received = 0
@@ -446,19 +447,26 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
                     done.append(int(env["id"]))
                     received += outcome == "received"
 
-        run: list[_Inbound] = []
         try:
-            for env in envelopes:
-                ready = await self._check_envelope(env)
-                if isinstance(ready, _Inbound) and (ready.ephemeral or env.get("kind") != "megolm"):
-                    run.append(ready)
+            checked = [await self._check_envelope(env) for env in envelopes]
+            seen: set[str] = set()  # envelope keys opened in this call
+            at = 0
+            while at < len(checked):
+                ready = checked[at]
+                if not isinstance(ready, _Inbound):
+                    tally([envelopes[at]], [ready])
+                    at += 1
                     continue
-                tally([i.env for i in run], await self._open_run(run))
-                run = []
-                if isinstance(ready, _Inbound):
-                    ready = await self._open_group_envelope(ready)
-                tally([env], [ready])
-            tally([i.env for i in run], await self._open_run(run))
+                end = at
+                while end < len(checked) and isinstance(checked[end], _Inbound):
+                    end += 1
+                run = cast(list[_Inbound], checked[at:end])
+                outcomes = await self._open_run(run, seen)
+                tally([i.env for i in run[: len(outcomes)]], outcomes)
+                at += len(outcomes)
+                if len(outcomes) < len(run):  # a group message that needs the network
+                    tally([envelopes[at]], [await self._open_group_envelope(run[len(outcomes)])])
+                    at += 1
         finally:
             if done and self._transport.connected:
                 with contextlib.suppress(NotConnected, ProtocolError):
@@ -543,8 +551,9 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
         except GroupRejected as exc:
             return self._reject(item.key, item.envelope_id, *item.who, str(exc))
 
-    async def _open_run(self, run: list[_Inbound]) -> list[str | None]:
-        """Open Olm envelopes in one transaction, then tell the app about them.
+    async def _open_run(self, run: list[_Inbound], seen: set[str]) -> list[str | None]:
+        """Open envelopes in one transaction, then tell the app about them; stops
+        before a group message that needs the network (fewer outcomes than items).
 
         Nothing inside the transaction awaits, so no other task's writes can
         join it; events go out only once it is committed.
@@ -554,18 +563,23 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
         opened: list[_Opened] = []
         try:
             with self._store.transaction():
-                seen: set[str] = set()
                 for item in run:
                     if not item.ephemeral and item.key in seen:
                         opened.append(_Opened("duplicate"))  # twice in one page
                         continue
                     seen.add(item.key)
-                    opened.append(self._open_olm(item))
+                    if item.env.get("kind") != "megolm" or item.ephemeral:
+                        opened.append(self._open_olm(item))
+                        continue
+                    group = self._open_group(item)
+                    if group is None:
+                        break  # the rest after it, in a later run
+                    opened.append(group)
         except BaseException:
             self._machine.forget_cached_sessions()
             raise
         shown = iter(self._with_extras([o.message for o in opened if o.message is not None]))
-        for item, o in zip(run, opened, strict=True):
+        for item, o in zip(run[: len(opened)], opened, strict=True):
             if o.failed is not None:
                 self._emit(o.failed)
             if o.room_key is not None:
@@ -581,6 +595,17 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
                     self._delivered.setdefault(item.sender, []).append(o.message.id)
                 self._emit(MessageReceived(next(shown)))
         return [o.outcome for o in opened]
+
+    def _open_group(self, item: _Inbound) -> _Opened | None:
+        """A group message inside ``_open_run``'s transaction, or ``None`` if it
+        must go through ``_open_group_envelope``."""
+        try:
+            with self._store.transaction():
+                events = self._open_group_now(item.env, item.key, item.device)
+        except GroupRejected as exc:
+            failed = self._mark_rejected(item.key, item.envelope_id, *item.who, str(exc))
+            return _Opened("rejected", failed=failed)
+        return None if events is None else _Opened("received", signals=events)
 
     def _open_olm(self, item: _Inbound) -> _Opened:
         """Decrypt, verify and store one Olm envelope (inside ``_open_run``'s

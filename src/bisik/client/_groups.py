@@ -487,6 +487,38 @@ class GroupsMixin:
     async def _handle_group_envelope(
         self, env: dict[str, Any], key: str, device: StoredDevice
     ) -> str:
+        item = self._waiting_item(env, key, device)
+        inbound = self._gdb.inbound(item.session_id)
+        if inbound is None or item.message_index < inbound.first_index:
+            with self._store.transaction():
+                self._gdb.add_waiting(item, _now())
+                self._store.mark_processed(key, "waiting", _now())
+            self.group_stats["waiting"] += 1
+            self._emit(
+                MessageWaiting(group_conversation(item.group_id), device.username, device.device_id)
+            )
+            self._queue.put_nowait(("key_request_out", item))
+            return "waiting"
+        return await self._open_group_message(item, inbound, device)
+
+    def _open_group_now(
+        self, env: dict[str, Any], key: str, device: StoredDevice
+    ) -> list[Event] | None:
+        """Open a group message inside the caller's transaction when nothing is
+        missing (its key, the sender in our member list); ``None`` when it needs
+        ``_handle_group_envelope`` (which may ask the server). Returns the events
+        to emit once committed; raises ``GroupRejected``."""
+        item = self._waiting_item(env, key, device)
+        inbound = self._gdb.inbound(item.session_id)
+        if inbound is None or item.message_index < inbound.first_index:
+            return None
+        group = self._gdb.group(item.group_id)
+        if group is None or group.member(item.sender) is None:
+            return None
+        _check_session(item, inbound)
+        return self._store_group_message(item, inbound, group)
+
+    def _waiting_item(self, env: dict[str, Any], key: str, device: StoredDevice) -> Waiting:
         group_id = env.get("group_id")
         if not isinstance(group_id, str):
             raise GroupRejected("group message without a group")
@@ -494,7 +526,7 @@ class GroupsMixin:
             header = parse_megolm(str(env["body"]))
         except MegolmDecryptError as exc:
             raise GroupRejected(str(exc)) from None
-        item = Waiting(
+        return Waiting(
             key,
             group_id,
             device.username,
@@ -504,32 +536,26 @@ class GroupsMixin:
             str(env["body"]),
             int(env.get("seq", 0)),
         )
-        inbound = self._gdb.inbound(header.session_id)
-        if inbound is None or header.message_index < inbound.first_index:
-            with self._store.transaction():
-                self._gdb.add_waiting(item, _now())
-                self._store.mark_processed(key, "waiting", _now())
-            self.group_stats["waiting"] += 1
-            self._emit(
-                MessageWaiting(group_conversation(group_id), device.username, device.device_id)
-            )
-            self._queue.put_nowait(("key_request_out", item))
-            return "waiting"
-        return await self._open_group_message(item, inbound, device)
 
     async def _open_group_message(
         self, item: Waiting, inbound: Inbound, device: StoredDevice
     ) -> str:
         """Decrypt and store a group message whose key we hold."""
-        if inbound.group_id != item.group_id:
-            raise GroupRejected("the message's session belongs to another group")
-        if (inbound.owner, inbound.owner_device) != (item.sender, item.sender_device):
-            raise GroupRejected("the message's session belongs to another sender")
+        _check_session(item, inbound)
         group = self._gdb.group(item.group_id)
         if group is None or group.member(item.sender) is None:
             group = await self._refresh_group(item.group_id)
             if group is None or group.member(item.sender) is None:
                 raise GroupRejected("the sender is not a member of the group")
+        for event in self._store_group_message(item, inbound, group):
+            self._emit(event)
+        return "received"
+
+    def _store_group_message(
+        self, item: Waiting, inbound: Inbound, group: LocalGroup
+    ) -> list[Event]:
+        """Decrypt, check and store a group message (its own transaction, or a
+        savepoint in the caller's); the events to emit once committed."""
         session = MegolmInbound.from_pickle(inbound.pickle, self._pickle_key)
         try:
             plaintext = session.decrypt(parse_megolm(item.body))
@@ -597,9 +623,7 @@ class GroupsMixin:
                     else:
                         self._forget(message.sender, message.id)
         self.group_stats["received"] += 1
-        for event in events:
-            self._emit(event)
-        return "received"
+        return events
 
     def _accept_room_key(self, content: Plaintext, device: StoredDevice) -> str | None:
         """Store a shared or forwarded Megolm key (inside the caller's transaction).
@@ -762,3 +786,10 @@ class GroupsMixin:
         )
         await self._send_olm_control(request.group_id, [device], "room_key", room_key=key)
         self.group_stats["key_requests_answered"] += 1
+
+
+def _check_session(item: Waiting, inbound: Inbound) -> None:
+    if inbound.group_id != item.group_id:
+        raise GroupRejected("the message's session belongs to another group")
+    if (inbound.owner, inbound.owner_device) != (item.sender, item.sender_device):
+        raise GroupRejected("the message's session belongs to another sender")
