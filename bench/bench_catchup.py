@@ -44,7 +44,7 @@ async def fill(senders: list[Client], target: str, n: int) -> float:
     return time.perf_counter() - t0
 
 
-async def run(n: int, sender_count: int, homes: Path, bob_dir: Path | None) -> None:
+async def run(n: int, sender_count: int, homes: Path, bob_dir: Path | None, group: bool) -> None:
     with tempfile.TemporaryDirectory(prefix="bisik-bench-catchup-") as tmp:
         root = Path(tmp)
         server = ServerProcess(root / "server")
@@ -71,6 +71,14 @@ async def run(n: int, sender_count: int, homes: Path, bob_dir: Path | None) -> N
                 for sender in senders:
                     await _exchange(sender, bob, bob_inbox, 2)
                     await _exchange(bob, sender, sender.subscribe(), 2)
+                target = "bob"
+                if group:
+                    # Every sender's Megolm key reaches bob before he goes offline.
+                    members = ["bob", *(s.username for s in senders)]
+                    await senders[0].create_group("catch-up", members)
+                    target = "#catch-up"
+                    for sender in senders:
+                        await _exchange(sender, bob, bob_inbox, 1, target)
                 await bob.close()
                 clients.remove(bob)
                 print(
@@ -78,7 +86,7 @@ async def run(n: int, sender_count: int, homes: Path, bob_dir: Path | None) -> N
                     f"{sender_count} senders on {fs_type(Path(shm))}"
                 )
 
-                fill_s = await fill(senders, "bob", n)
+                fill_s = await fill(senders, target, n)
                 print(
                     f"  fill: {n} messages from {sender_count} senders stored by the server in "
                     f"{fill_s:.1f} s ({n / fill_s:.0f} msgs/s) while bob was offline"
@@ -121,9 +129,10 @@ async def run(n: int, sender_count: int, homes: Path, bob_dir: Path | None) -> N
     )
     print(cpu_line)
     print()
-    summary_line(f"catch-up {n} msgs: all decrypted+stored", f"{took:.2f} s")
-    summary_line(f"catch-up {n} msgs: rate", f"{n / took:.0f} msgs/s")
-    summary_line("catch-up fill: server stores (send+ack)", f"{n / fill_s:.0f} msgs/s")
+    what = f"catch-up {n} {'group ' if group else ''}msgs"
+    summary_line(f"{what}: all decrypted+stored", f"{took:.2f} s")
+    summary_line(f"{what}: rate", f"{n / took:.0f} msgs/s")
+    summary_line(f"{what}: fill, server stores (send+ack)", f"{n / fill_s:.0f} msgs/s")
 
 
 def main() -> None:
@@ -138,9 +147,12 @@ def main() -> None:
         help="where bob's profile lives (default: the temp dir, on disk; /dev/shm to see "
         "what the per-message fsync costs)",
     )
+    parser.add_argument(
+        "--group", action="store_true", help="the backlog is in a group with every sender"
+    )
     args = parser.parse_args()
     banner("bench_catchup: an offline device comes back to a backlog")
-    asyncio.run(run(args.n, args.senders, Path(args.homes), args.bob_dir))
+    asyncio.run(run(args.n, args.senders, Path(args.homes), args.bob_dir, args.group))
 
 
 if __name__ == "__main__":

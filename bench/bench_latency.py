@@ -148,9 +148,16 @@ async def _received(inbox: asyncio.Queue[Event], message_id: str) -> float:
             return time.perf_counter()
 
 
-async def _exchange(sender: Client, receiver: Client, inbox: asyncio.Queue[Event], n: int) -> None:
+async def _exchange(
+    sender: Client,
+    receiver: Client,
+    inbox: asyncio.Queue[Event],
+    n: int,
+    target: str | None = None,
+) -> None:
+    """``n`` messages from sender to receiver (or to ``target``, e.g. a group of both)."""
     for i in range(n):
-        message = await sender.send_text(receiver.username, f"warm-up {i}")
+        message = await sender.send_text(target or receiver.username, f"warm-up {i}")
         async with asyncio.timeout(TIMEOUT_S):
             await _received(inbox, message.id)
             await sender.wait_sent(message.id, timeout=TIMEOUT_S)
