@@ -4,7 +4,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select, tuple_, update
+from sqlalchemy import Connection, bindparam, delete, insert, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -381,20 +381,23 @@ class AccountStore:
             )
 
 
+_RESOLVE = (
+    select(users.c.username, devices.c.device_id, devices.c.id)
+    .join_from(devices, users, devices.c.user_id == users.c.id)
+    .where(
+        devices.c.revoked_at.is_(None),
+        tuple_(users.c.username, devices.c.device_id).in_(bindparam("refs", expanding=True)),
+    )
+)
+
+
 def resolve_devices(conn: Connection, refs: set[tuple[str, str]]) -> dict[tuple[str, str], int]:
     """Primary keys of the existing, unrevoked devices among ``(username, device_id)``."""
     found: dict[tuple[str, str], int] = {}
     wanted = sorted(refs)
     for start in range(0, len(wanted), 200):
-        chunk = wanted[start : start + 200]
-        rows = conn.execute(
-            select(users.c.username, devices.c.device_id, devices.c.id)
-            .join_from(devices, users, devices.c.user_id == users.c.id)
-            .where(
-                devices.c.revoked_at.is_(None),
-                tuple_(users.c.username, devices.c.device_id).in_(chunk),
-            )
-        )
-        for username, device_id, pk in rows:
+        for username, device_id, pk in conn.execute(
+            _RESOLVE, {"refs": wanted[start : start + 200]}
+        ):
             found[(username, device_id)] = int(pk)
     return found
