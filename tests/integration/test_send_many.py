@@ -56,6 +56,24 @@ async def test_each_message_stands_alone_and_order_is_kept(world: World) -> None
     assert len([e for e in await bob.pending() if e["body"] in bodies]) == 4
 
 
+async def test_one_push_per_device_per_frame(world: World) -> None:
+    alice, bob = world.socks["alice"], world.socks["bob"]
+    batches: asyncio.Queue[Any] = asyncio.Queue()
+    bob.sio.on("envelopes", batches.put)
+    bodies = [b64encode(os.urandom(12)) for _ in range(5)]
+    frame = {"messages": [message([world.bob.envelope(b)]) for b in bodies]}
+    ack = await alice.call("send_many", frame)
+    assert [r["ok"] for r in ack["results"]] == [True] * 5
+    pushed = await asyncio.wait_for(batches.get(), 5)
+    assert [e["body"] for e in pushed["envelopes"]] == bodies
+    assert [e["seq"] for e in pushed["envelopes"]] == [r["seq"] for r in ack["results"]]
+    assert bob.pushed.empty()  # not also one by one
+    # A frame with one message for bob is pushed as a single envelope.
+    single = b64encode(os.urandom(12))
+    await alice.call("send_many", {"messages": [message([world.bob.envelope(single)])]})
+    assert (await asyncio.wait_for(bob.pushed.get(), 5))["body"] == single
+
+
 async def test_bad_frames_are_refused_whole(world: World) -> None:
     alice, bob = world.socks["alice"], world.socks["bob"]
     one = message([world.bob.envelope()])

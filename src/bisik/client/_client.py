@@ -129,6 +129,7 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
         self._transport.on("connect", self._on_connect)
         self._transport.on("disconnect", self._on_disconnect)
         self._transport.on("envelope", self._on_envelope)
+        self._transport.on("envelopes", self._on_envelopes)
         self._transport.on("keys_low", self._on_keys_low)
         self._transport.on("devices_changed", self._on_devices_changed)
         self._transport.on("presence", self._on_presence)
@@ -327,6 +328,13 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
             self._pushed.append(data)
             if len(self._pushed) == 1:
                 self._queue.put_nowait(("envelopes", None))
+
+    async def _on_envelopes(self, data: Any) -> None:
+        """Several envelopes in one push (a burst from one sender), in order."""
+        batch = data.get("envelopes") if isinstance(data, dict) else None
+        if isinstance(batch, list):
+            for envelope in batch:
+                await self._on_envelope(envelope)
 
     async def _on_resync(self, data: Any = None) -> None:
         # The server lost pushes (its fan-out restarted): page the queue again.

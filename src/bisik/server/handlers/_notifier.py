@@ -11,6 +11,10 @@ class Notifier(Protocol):
 
     async def deliver(self, device_pk: int, envelope: Envelope) -> None: ...
 
+    async def deliver_many(self, device_pk: int, envelopes: list[Envelope]) -> None:
+        """Several envelopes for one device, in order, in one push."""
+        ...
+
     async def keys_low(self, device_pk: int, count: int) -> None: ...
 
     async def devices_changed(self, username: str) -> None:

@@ -82,7 +82,8 @@ class MessagesHandler:
         await self._check_send(sender, req)
         if req.ephemeral:
             return await self._send_ephemeral(sender, req)
-        return await self._store_send(sender, req)
+        result, _ = await self._store_send(sender, req)
+        return result
 
     async def send_many(self, sender: DeviceRow, req: SendMany) -> SendManyResult:
         """Several sends from one frame: each checked, then all stored in their
@@ -101,7 +102,7 @@ class MessagesHandler:
         # pause, so the messages are stored in the order they were sent.
         stored = await asyncio.gather(
             *(
-                self._store_send(sender, message)
+                self._store_send(sender, message, push=False)
                 for message, error in zip(req.messages, checked, strict=True)
                 if error is None
             ),
@@ -109,14 +110,20 @@ class MessagesHandler:
         )
         results = iter(stored)
         outcomes = []
+        pushes: dict[int, list[Envelope]] = {}  # per device, in order: one push each
         for error in checked:
             result = error if error is not None else next(results)
-            if isinstance(result, SendResult):
-                outcomes.append(SendOutcome(ok=True, **result.model_dump()))
+            if isinstance(result, tuple):
+                sent, rows = result
+                outcomes.append(SendOutcome(ok=True, **sent.model_dump()))
+                for row in rows:
+                    pushes.setdefault(row.recipient_pk, []).append(_envelope(row))
             elif isinstance(result, ProtocolError):
                 outcomes.append(SendOutcome(ok=False, error=result.to_body()["error"]))
             else:
                 raise result
+        for device_pk, envelopes in pushes.items():
+            await self._notifier.deliver_many(device_pk, envelopes)
         return SendManyResult(results=outcomes)
 
     async def _check_send(self, sender: DeviceRow, req: SendRequest) -> None:
@@ -127,7 +134,11 @@ class MessagesHandler:
             recipients = {e.username for e in req.envelopes}
             await self._groups.require_members(sender, req.group_id, recipients)
 
-    async def _store_send(self, sender: DeviceRow, req: SendRequest) -> SendResult:
+    async def _store_send(
+        self, sender: DeviceRow, req: SendRequest, *, push: bool = True
+    ) -> tuple[SendResult, list[EnvelopeRow]]:
+        """Store one send; its envelopes are pushed here unless ``push`` is false
+        (then the caller pushes the rows returned)."""
         stored = await self._messages.store(
             sender_pk=sender.pk,
             sender=sender.username,
@@ -141,13 +152,15 @@ class MessagesHandler:
             expires_at=None if req.ttl_ms is None else now + req.ttl_ms,
         )
         _require_known(stored.unknown, {})
-        for row in stored.envelopes:
-            await self._notifier.deliver(row.recipient_pk, _envelope(row))
+        if push:
+            for row in stored.envelopes:
+                await self._notifier.deliver(row.recipient_pk, _envelope(row))
         if not stored.duplicate:
             recipients = {e.username for e in req.envelopes}
             await self._presence.record_conversations(sender.username, recipients)
             self._push.notify(stored.push)
-        return SendResult(seq=stored.seq, ts=stored.ts, duplicate=stored.duplicate)
+        result = SendResult(seq=stored.seq, ts=stored.ts, duplicate=stored.duplicate)
+        return result, stored.envelopes
 
     async def send_group(self, sender: DeviceRow, req: GroupSend) -> SendResult:
         """Store one Megolm ciphertext for every current device of every member

@@ -54,6 +54,13 @@ class SocketNotifier:
         if self.sio is not None:
             await self.sio.emit("envelope", envelope.model_dump(), room=device_room(device_pk))
 
+    async def deliver_many(self, device_pk: int, envelopes: list[Envelope]) -> None:
+        if len(envelopes) == 1:
+            await self.deliver(device_pk, envelopes[0])
+        elif envelopes and self.sio is not None:
+            data = {"envelopes": [e.model_dump() for e in envelopes]}
+            await self.sio.emit("envelopes", data, room=device_room(device_pk))
+
     async def keys_low(self, device_pk: int, count: int) -> None:
         if self.sio is not None:
             await self.sio.emit("keys_low", {"count": count}, room=device_room(device_pk))
