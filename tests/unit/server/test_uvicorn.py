@@ -1,0 +1,74 @@
+"""The lean stand-ins for asyncio.Queue and asyncio.Event in uvicorn's websocket protocol."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from bisik.server._uvicorn import LeanWebSocketProtocol, _Flag, _Inbox, uvicorn_options
+
+
+async def test_inbox_hands_items_over_in_order() -> None:
+    inbox = _Inbox()
+    inbox.put_nowait(1)
+    inbox.put_nowait(2)
+    assert not inbox.empty()
+    assert await inbox.get() == 1
+    assert await inbox.get() == 2
+    assert inbox.empty()
+
+
+async def test_inbox_wakes_a_waiting_reader() -> None:
+    inbox = _Inbox()
+    reader = asyncio.create_task(inbox.get())
+    await asyncio.sleep(0)
+    assert not reader.done()
+    inbox.put_nowait("connect")
+    assert await asyncio.wait_for(reader, 1) == "connect"
+
+
+async def test_inbox_reader_cancelled_while_waiting_loses_nothing() -> None:
+    inbox = _Inbox()
+    reader = asyncio.create_task(inbox.get())
+    await asyncio.sleep(0)
+    reader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reader
+    inbox.put_nowait("later")
+    assert await asyncio.wait_for(inbox.get(), 1) == "later"
+
+
+async def test_inbox_two_readers_each_get_one_item() -> None:
+    inbox = _Inbox()
+    readers = [asyncio.create_task(inbox.get()) for _ in range(2)]
+    await asyncio.sleep(0)
+    inbox.put_nowait("a")
+    inbox.put_nowait("b")
+    assert sorted(await asyncio.wait_for(asyncio.gather(*readers), 1)) == ["a", "b"]
+
+
+async def test_flag_holds_waiters_until_set_and_releases_them_in_order() -> None:
+    flag = _Flag()
+    flag.set()
+    assert await flag.wait()
+    flag.clear()
+    assert not flag.is_set()
+    released: list[int] = []
+
+    async def waiter(n: int) -> None:
+        await flag.wait()
+        released.append(n)
+
+    tasks = [asyncio.create_task(waiter(n)) for n in range(3)]
+    await asyncio.sleep(0)
+    assert released == []
+    flag.set()
+    await asyncio.wait_for(asyncio.gather(*tasks), 1)
+    assert released == [0, 1, 2]
+
+
+def test_options_name_the_lean_protocol() -> None:
+    options = uvicorn_options()
+    assert options["ws"] is LeanWebSocketProtocol
+    assert options["ws_per_message_deflate"] is False
