@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from bisik.client import MessageReceived
+from bisik.client import MessageFailed, MessageReceived
 from bisik.crypto import b64encode
 from bisik.proto._models import MAX_SEND_MANY
 from tests.conftest import ClientFactory, RunningServer, next_event
@@ -30,30 +30,35 @@ def message(envelopes: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
     return {"client_message_id": secrets.token_urlsafe(12), "envelopes": envelopes, **extra}
 
 
-async def test_each_message_stands_alone_and_order_is_kept(world: World) -> None:
+async def test_stored_in_order_up_to_the_first_refusal(world: World) -> None:
     alice, bob = world.socks["alice"], world.socks["bob"]
     bodies = [b64encode(os.urandom(12)) for _ in range(6)]
     batch = [message([world.bob.envelope(body)]) for body in bodies]
-    # The third names a device that does not exist, the fifth one device twice.
+    # The third names a device that does not exist.
     batch[2]["envelopes"].append({**world.bob.envelope(), "device_id": "NOSUCHDEVICE"})
-    batch[4]["envelopes"].append(world.bob.envelope())
     ack = await alice.call("send_many", {"messages": batch})
     assert ack["ok"] is True, ack
     results = ack["results"]
-    assert [r["ok"] for r in results] == [True, True, False, True, False, True]
+    assert [r["ok"] for r in results] == [True, True, False, False, False, False]
     assert results[2]["error"]["code"] == "unknown_device"
-    assert results[4]["error"]["code"] == "bad_request"
+    # What comes after a refused message is not stored: nothing overtakes it.
+    assert {r["error"]["code"] for r in results[3:]} == {"not_sent"}
     seqs = [r["seq"] for r in results if r["ok"]]
-    assert seqs == sorted(seqs) and len(set(seqs)) == 4
-    # Stored in the order sent; the refused ones not at all.
-    got = [e["body"] for e in await bob.pending() if e["body"] in bodies]
-    assert got == [bodies[i] for i in (0, 1, 3, 5)]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 2
+    assert [e["body"] for e in await bob.pending() if e["body"] in bodies] == bodies[:2]
 
-    # The same frame again: the stored ones are duplicates with their first seq.
-    again = await alice.call("send_many", {"messages": batch})
-    assert [r.get("duplicate") for r in again["results"] if r["ok"]] == [True] * 4
-    assert [r["seq"] for r in again["results"] if r["ok"]] == seqs
-    assert len([e for e in await bob.pending() if e["body"] in bodies]) == 4
+    # Sent again without the bad one: the first two are duplicates with their
+    # first seq, the rest are stored after them, in order.
+    again = await alice.call("send_many", {"messages": batch[:2] + batch[3:]})
+    assert [r["ok"] for r in again["results"]] == [True] * 5
+    assert [r["duplicate"] for r in again["results"]] == [True, True, False, False, False]
+    assert [r["seq"] for r in again["results"][:2]] == seqs
+    got = [e["body"] for e in await bob.pending() if e["body"] in bodies]
+    assert got == bodies[:2] + bodies[3:]
+    # A device addressed twice is refused the same way.
+    twice = [message([world.bob.envelope(), world.bob.envelope()]), message([world.bob.envelope()])]
+    answer = await alice.call("send_many", {"messages": twice})
+    assert [r["error"]["code"] for r in answer["results"]] == ["bad_request", "not_sent"]
 
 
 async def test_one_push_per_device_per_frame(world: World) -> None:
@@ -90,8 +95,8 @@ async def test_bad_frames_are_refused_whole(world: World) -> None:
     typing = await alice.call(
         "send_many", {"messages": [message([world.bob.envelope()], ephemeral=True), one]}
     )
-    assert [r["ok"] for r in typing["results"]] == [False, True]
-    assert typing["results"][0]["error"]["code"] == "bad_request"
+    assert [r["ok"] for r in typing["results"]] == [False, False]
+    assert [r["error"]["code"] for r in typing["results"]] == ["bad_request", "not_sent"]
     await bob.assert_usable()
 
 
@@ -127,3 +132,27 @@ async def test_outbox_backlog_goes_out_in_frames_and_in_order(
     # 150 messages took a few frames, not 150 round trips.
     assert 3 <= events.count("send_many") < 20, events.count("send_many")
     assert events.count("send") < 10
+
+
+async def test_a_message_that_cannot_go_does_not_let_later_ones_overtake_it(
+    make_client: ClientFactory, server: RunningServer
+) -> None:
+    """Queued offline: one to a user that does not exist, then three to bob. The
+    first fails; bob's come in order, in the rounds after it."""
+    alice = await make_client("alice")
+    bob = await make_client("bob")
+    await alice.send_text("bob", "hello")
+    inbox, mine = bob.subscribe(), alice.subscribe()
+    assert (await next_event(inbox, MessageReceived)).message.body == "hello"
+    await server.stop()
+    await asyncio.sleep(0.2)
+    lost = await alice.send_text("nosuchuser", "to nobody")
+    queued = [await alice.send_text("bob", f"after {i}") for i in range(3)]
+    await server.start()
+    failed = await next_event(mine, MessageFailed, timeout=30)
+    assert failed.message_id == lost.id
+    for m in queued:
+        assert (await alice.wait_sent(m.id, timeout=30)).state == "sent"
+    got = [(await next_event(inbox, MessageReceived, timeout=30)).message.body for _ in queued]
+    assert got == ["after 0", "after 1", "after 2"]
+    assert alice.pending_count() == 0

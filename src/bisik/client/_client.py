@@ -791,7 +791,7 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
         return await asyncio.wait_for(asyncio.shield(future), timeout)
 
     def pending_count(self) -> int:
-        return len(self._store.outbox())
+        return self._store.outbox_count()
 
     async def drain_outbox(self, timeout: float) -> bool:
         """Wait until every queued message has been sent (or refused).
@@ -811,12 +811,13 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
         (``send_many``), group messages one by one."""
         if not self.synced.is_set() or self._send_retry is not None:
             return
-        items = self._store.outbox()
-        while items:
+        # Each round takes the head of the outbox again: what a round did not
+        # send (after a refusal) stays first in line.
+        while items := self._store.outbox(SEND_BATCH):
             run = [items.pop(0)]
             if "group" not in run[0].payload:
                 size = _send_size(run[0])
-                while items and "group" not in items[0].payload and len(run) < SEND_BATCH:
+                while items and "group" not in items[0].payload:
                     size += _send_size(items[0])
                     if size > SEND_BATCH_BYTES:
                         break
@@ -841,6 +842,8 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
         go_on = True
         sent: list[tuple[OutboxItem, dict[str, Any]]] = []
         for item, outcome in zip(run, outcomes, strict=True):
+            if isinstance(outcome, _NotSent):
+                break  # this and the rest: next round, in order
             if isinstance(outcome, ProtocolError | ClientError):
                 go_on = self._send_refused(item, outcome) and go_on
             elif outcome is None:  # e.g. read sync with no other device of ours
@@ -899,7 +902,6 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
         """Encrypt what is not encrypted yet (all in one local transaction) and
         send: one item as ``send``, several as ``send_many``."""
         outcomes: list[_Outcome] = [None] * len(run)
-        envelopes = {i: item.envelopes for i, item in enumerate(run) if item.envelopes is not None}
         targets: dict[int, list[StoredDevice]] = {}
         for i, item in enumerate(run):
             if item.envelopes is None:
@@ -908,7 +910,11 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
                 except NotConnected:
                     raise
                 except (ProtocolError, ClientError) as exc:
-                    outcomes[i] = exc
+                    # Nothing after it goes out before it: order is kept.
+                    outcomes[i : len(run)] = [exc] + [_NOT_SENT] * (len(run) - i - 1)
+                    run = run[:i]
+                    break
+        envelopes = {i: item.envelopes for i, item in enumerate(run) if item.envelopes is not None}
         if targets:
             with self._store.transaction():
                 for i, devices in targets.items():
@@ -941,8 +947,11 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
             if not isinstance(results, list) or len(results) != len(requests):
                 raise ProtocolError(ErrorCode.INTERNAL, "unexpected answer to send_many")
             for (i, _), result in zip(requests, results, strict=True):
-                ok = isinstance(result, dict) and result.get("ok") is True
-                outcomes[i] = result if ok else ProtocolError.from_body(result)
+                if isinstance(result, dict) and result.get("ok") is True:
+                    outcomes[i] = result
+                    continue
+                refused = ProtocolError.from_body(result)
+                outcomes[i] = _NOT_SENT if refused.code == ErrorCode.NOT_SENT else refused
         return outcomes
 
     def _retry_sends(self) -> None:
@@ -1220,9 +1229,15 @@ class _InvalidContent(ClientError):
     pass
 
 
+class _NotSent:
+    """An outbox item left for the next round (something before it was refused)."""
+
+
+_NOT_SENT = _NotSent()
+
 # What sending one outbox item came to: the server's result, nothing to send,
-# or why it was refused.
-_Outcome = dict[str, Any] | ClientError | ProtocolError | None
+# why it was refused, or not sent this time.
+_Outcome = dict[str, Any] | ClientError | ProtocolError | _NotSent | None
 
 
 def _ttl(payload: dict[str, Any]) -> dict[str, Any]:

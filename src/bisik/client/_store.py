@@ -499,14 +499,21 @@ class LocalStore:
             (message_id, conversation, json.dumps(payload), now),
         )
 
-    def outbox(self) -> list[OutboxItem]:
+    def outbox(self, limit: int = -1) -> list[OutboxItem]:
+        """The outbox in the order it was filled (rowid: two items queued in the
+        same millisecond keep their order too)."""
         rows = self._exec(
-            "SELECT message_id, conversation, payload, envelopes FROM outbox ORDER BY created_at"
+            "SELECT message_id, conversation, payload, envelopes FROM outbox "
+            "ORDER BY rowid LIMIT ?",
+            (limit,),
         ).fetchall()
         return [
             OutboxItem(str(r[0]), str(r[1]), json.loads(r[2]), json.loads(r[3]) if r[3] else None)
             for r in rows
         ]
+
+    def outbox_count(self) -> int:
+        return int(self._exec("SELECT count(*) FROM outbox").fetchone()[0])
 
     def set_outbox_envelopes(self, message_id: str, envelopes: list[dict[str, Any]] | None) -> None:
         self._exec(

@@ -34,6 +34,7 @@ class ErrorCode(StrEnum):
     OFFSET_MISMATCH = "offset_mismatch"
     NOT_YOUR_UPLOAD = "not_your_upload"
     RATE_LIMITED = "rate_limited"
+    NOT_SENT = "not_sent"  # send_many: after a refused message, the rest is not stored
     TOO_MANY_CONNECTIONS = "too_many_connections"
     UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
@@ -42,6 +43,7 @@ class ErrorCode(StrEnum):
 # HTTP status for each code; socket events carry the code alone.
 HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.BAD_REQUEST: 400,
+    ErrorCode.NOT_SENT: 409,
     ErrorCode.PAYLOAD_TOO_LARGE: 413,
     ErrorCode.INVALID_USERNAME: 400,
     ErrorCode.USERNAME_TAKEN: 409,

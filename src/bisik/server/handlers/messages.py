@@ -86,15 +86,23 @@ class MessagesHandler:
         return result
 
     async def send_many(self, sender: DeviceRow, req: SendMany) -> SendManyResult:
-        """Several sends from one frame: each checked, then all stored in their
-        order (in one transaction when nothing else is being written); each
-        succeeds or fails on its own."""
+        """Several sends from one frame, stored in their order (in one transaction
+        when nothing else is being written). Order is what a conversation is
+        made of, so the first message refused ends the frame: the ones after
+        it are not stored (``not_sent``) and the client sends them again."""
+        resolved = await self._accounts.resolve_devices(
+            {(e.username, e.device_id) for m in req.messages for e in m.envelopes}
+        )
         checked: list[ProtocolError | None] = []
         for message in req.messages:
+            if checked and checked[-1] is not None:
+                checked.append(ProtocolError(ErrorCode.NOT_SENT, "an earlier message was refused"))
+                continue
             try:
                 await self._check_send(sender, message)
                 if message.ephemeral:
                     raise ProtocolError(ErrorCode.BAD_REQUEST, "ephemeral envelopes go alone")
+                _require_known([(e.username, e.device_id) for e in message.envelopes], resolved)
                 checked.append(None)
             except ProtocolError as exc:
                 checked.append(exc)
