@@ -12,7 +12,36 @@ from typing import Any
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 
-class _Inbox:
+class _Waiters:
+    """Futures parked until woken, in the order they started waiting; no list
+    at all while nobody waits."""
+
+    __slots__ = ("_waiters",)
+
+    def __init__(self) -> None:
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    async def _park(self) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if self._waiters is not None and waiter in self._waiters:
+                self._waiters.remove(waiter)
+                if not self._waiters:
+                    self._waiters = None
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+class _Inbox(_Waiters):
     """What uvicorn's protocol needs of its ``asyncio.Queue``: ``put_nowait``, ``get``, ``empty``.
 
     An ``asyncio.Queue`` allocates three deques and an Event (four deques of
@@ -21,11 +50,11 @@ class _Inbox:
     until the app took it, so the list stays a few items long.
     """
 
-    __slots__ = ("_items", "_waiters")
+    __slots__ = ("_items",)
 
     def __init__(self) -> None:
+        super().__init__()
         self._items: list[Any] = []
-        self._waiters: list[asyncio.Future[None]] | None = None
 
     def put_nowait(self, item: Any) -> None:
         self._items.append(item)
@@ -39,58 +68,40 @@ class _Inbox:
 
     async def get(self) -> Any:
         while not self._items:
-            waiter = asyncio.get_running_loop().create_future()
-            if self._waiters is None:
-                self._waiters = []
-            self._waiters.append(waiter)
-            try:
-                await waiter
-            finally:
-                if self._waiters is not None and waiter in self._waiters:
-                    self._waiters.remove(waiter)
-                    if not self._waiters:
-                        self._waiters = None
+            await self._park()
         item = self._items.pop(0)
         if self._items:
             self._wake()  # another reader may be waiting for what is left
         return item
 
-    def _wake(self) -> None:
-        waiters, self._waiters = self._waiters, None
-        for waiter in waiters or ():
-            if not waiter.done():
-                waiter.set_result(None)
 
-
-class _Flag:
+class _Flag(_Waiters):
     """What uvicorn's protocol needs of its ``asyncio.Event`` (``writable``), without its deque.
 
     Waiters are woken in the order they started waiting, as by ``asyncio.Event``,
     so sends held up by a full transport buffer keep their order.
     """
 
-    __slots__ = ("_is_set", "_waiters")
+    __slots__ = ("_is_set",)
 
     def __init__(self) -> None:
+        super().__init__()
         self._is_set = False
-        self._waiters: list[asyncio.Future[None]] | None = None
 
     def is_set(self) -> bool:
         return self._is_set
 
     def set(self) -> None:
         self._is_set = True
-        waiters, self._waiters = self._waiters, None
-        for waiter in waiters or ():
-            if not waiter.done():
-                waiter.set_result(None)
+        self._wake()
 
     def clear(self) -> None:
         self._is_set = False
 
     async def wait(self) -> bool:
-        if self._is_set:
-            return True
+        if not self._is_set:
+            await self._park()
+        return True
         waiter = asyncio.get_running_loop().create_future()
         if self._waiters is None:
             self._waiters = []
