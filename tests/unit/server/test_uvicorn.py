@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from uvicorn import Config
+from uvicorn.server import ServerState
 
 from bisik.server._uvicorn import LeanWebSocketProtocol, _Flag, _Inbox, uvicorn_options
 
@@ -72,3 +74,22 @@ def test_options_name_the_lean_protocol() -> None:
     options = uvicorn_options()
     assert options["ws"] is LeanWebSocketProtocol
     assert options["ws_per_message_deflate"] is False
+
+
+def test_protocol_slots_shadow_nothing_of_uvicorn() -> None:
+    # A slot named like a method or class attribute of uvicorn's class would hide it.
+    bases = LeanWebSocketProtocol.__mro__[1:]
+    assert not [n for n in LeanWebSocketProtocol.__slots__ if any(n in vars(b) for b in bases)]
+
+
+async def test_protocol_keeps_uvicorns_attributes_in_slots() -> None:
+    async def app(scope: object, receive: object, send: object) -> None:
+        pass
+
+    config = Config(app=app, **uvicorn_options())
+    config.load()
+    protocol = LeanWebSocketProtocol(config, ServerState(), {}, asyncio.get_running_loop())
+    # Every attribute uvicorn's __init__ sets has a slot: no per-connection dict.
+    assert vars(protocol) == {}
+    assert protocol.close_timeout == 10.0
+    assert isinstance(protocol.queue, _Inbox)
