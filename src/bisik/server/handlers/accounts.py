@@ -71,14 +71,14 @@ def verify_signed_keys(
 def device_row(keys: DeviceKeys) -> DeviceRow:
     """A device to store, from its (already verified) signed keys."""
     return DeviceRow(
-        0,
-        keys.username,
-        keys.identity_key,
-        keys.device_id,
-        keys.curve25519,
-        keys.ed25519,
-        keys.signatures.identity,
-        keys.signatures.device,
+        pk=0,
+        username=keys.username,
+        identity_key=keys.identity_key,
+        device_id=keys.device_id,
+        curve25519=keys.curve25519,
+        ed25519=keys.ed25519,
+        identity_signature=keys.signatures.identity,
+        device_signature=keys.signatures.device,
     )
 
 

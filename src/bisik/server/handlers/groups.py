@@ -28,7 +28,7 @@ from bisik.proto import (
     ProtocolError,
 )
 from bisik.server._clock import now_ms
-from bisik.server.stores import DeviceRow
+from bisik.server.stores import DeviceHandle
 from bisik.server.stores.groups import (
     Change,
     GroupNotFound,
@@ -79,7 +79,7 @@ class GroupsHandler:
             )
         return [pks[u] for u in usernames]
 
-    async def require_member(self, device: DeviceRow, group_id: str) -> str:
+    async def require_member(self, device: DeviceHandle, group_id: str) -> str:
         """The device's role in the group, else ``not_a_member`` (also for a group
         that does not exist: a non-member cannot tell the two apart)."""
         role = await self._store.role(group_id, await self._pk(device.username))
@@ -87,7 +87,7 @@ class GroupsHandler:
             raise ProtocolError(ErrorCode.NOT_A_MEMBER, "not a member of this group")
         return role
 
-    async def create(self, device: DeviceRow, req: GroupCreate) -> GroupInfo:
+    async def create(self, device: DeviceHandle, req: GroupCreate) -> GroupInfo:
         others = [u for u in dict.fromkeys(req.members) if u != device.username]
         pks = await self._pks(others)
         group_id = secrets.token_urlsafe(16)
@@ -104,14 +104,14 @@ class GroupsHandler:
         )
         return _info(group)
 
-    async def info(self, device: DeviceRow, req: GroupRef) -> GroupInfo:
+    async def info(self, device: DeviceHandle, req: GroupRef) -> GroupInfo:
         await self.require_member(device, req.group_id)
         group = await self._store.get(req.group_id)
         if group is None:
             raise ProtocolError(ErrorCode.NOT_A_MEMBER, "not a member of this group")
         return _info(group)
 
-    async def list_groups(self, device: DeviceRow) -> GroupList:
+    async def list_groups(self, device: DeviceHandle) -> GroupList:
         rows = await self._store.groups_of(await self._pk(device.username))
         return GroupList(
             groups=[
@@ -120,7 +120,7 @@ class GroupsHandler:
             ]
         )
 
-    async def add(self, device: DeviceRow, req: GroupAdd) -> GroupInfo:
+    async def add(self, device: DeviceHandle, req: GroupAdd) -> GroupInfo:
         pks = await self._pks(list(dict.fromkeys(req.usernames)))
         actor = await self._pk(device.username)
         change = await self._change(
@@ -131,7 +131,7 @@ class GroupsHandler:
         )
         return await self.info(device, GroupRef(group_id=req.group_id))
 
-    async def remove(self, device: DeviceRow, req: GroupMemberRef) -> GroupInfo:
+    async def remove(self, device: DeviceHandle, req: GroupMemberRef) -> GroupInfo:
         target = await self._pk(req.username)
         actor = await self._pk(device.username)
         change = await self._change(self._store.remove(req.group_id, actor, target))
@@ -150,12 +150,12 @@ class GroupsHandler:
             )
         return await self.info(device, GroupRef(group_id=req.group_id))
 
-    async def leave(self, device: DeviceRow, req: GroupRef) -> GroupInfo:
+    async def leave(self, device: DeviceHandle, req: GroupRef) -> GroupInfo:
         return await self.remove(
             device, GroupMemberRef(group_id=req.group_id, username=device.username)
         )
 
-    async def promote(self, device: DeviceRow, req: GroupMemberRef) -> GroupInfo:
+    async def promote(self, device: DeviceHandle, req: GroupMemberRef) -> GroupInfo:
         target = await self._pk(req.username)
         change = await self._change(
             self._store.promote(req.group_id, await self._pk(device.username), target)
@@ -170,7 +170,9 @@ class GroupsHandler:
         )
         return await self.info(device, GroupRef(group_id=req.group_id))
 
-    async def require_members(self, device: DeviceRow, group_id: str, usernames: set[str]) -> None:
+    async def require_members(
+        self, device: DeviceHandle, group_id: str, usernames: set[str]
+    ) -> None:
         """For Olm envelopes about a group: sender and every recipient are members."""
         await self.require_member(device, group_id)
         pks = await self._store.user_pks(usernames)
@@ -182,7 +184,7 @@ class GroupsHandler:
                 f"not in this group: {', '.join(u[:32] for u in outsiders[:5])}",
             )
 
-    async def device(self, device: DeviceRow, req: GroupDeviceQuery) -> GroupDeviceInfo:
+    async def device(self, device: DeviceHandle, req: GroupDeviceQuery) -> GroupDeviceInfo:
         """For a member answering a key request: since when the requester may read."""
         await self.require_member(device, req.group_id)
         return GroupDeviceInfo(

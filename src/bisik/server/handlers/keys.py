@@ -14,7 +14,7 @@ from bisik.proto import (
 from bisik.server._config import ServerConfig
 from bisik.server.handlers._notifier import Notifier
 from bisik.server.handlers.accounts import verify_signed_keys
-from bisik.server.stores import AccountStore, DeviceRow, KeyStore
+from bisik.server.stores import AccountStore, DeviceHandle, DeviceRow, KeyStore
 from bisik.server.stores.keys import KeyCounts
 
 # Clients keep 50; the cap stops a device from filling the server with keys.
@@ -40,7 +40,15 @@ class KeysHandler:
         self._keys = keys
         self._notifier = notifier
 
-    async def upload(self, device: DeviceRow, req: UploadKeysRequest) -> KeyCount:
+    async def upload(self, device: DeviceHandle, req: UploadKeysRequest) -> KeyCount:
+        if not isinstance(device, DeviceRow):
+            # A socket keeps only the device's handle; uploads are rare enough to load its key.
+            loaded = await self._accounts.get_device_by_pk(device.pk)
+            if loaded is None:
+                raise ProtocolError(
+                    ErrorCode.UNAUTHORIZED, "this device was removed from its account"
+                )
+            device = loaded
         one_time, fallback = verify_signed_keys(device.ed25519, req.one_time_keys, req.fallback_key)
         held = await self._keys.counts(device.pk)
         if held.one_time + len(one_time) > MAX_STORED_ONE_TIME_KEYS:
@@ -50,7 +58,7 @@ class KeysHandler:
             )
         return _key_count(await self._keys.upload(device.pk, one_time, fallback))
 
-    async def count(self, device: DeviceRow) -> KeyCount:
+    async def count(self, device: DeviceHandle) -> KeyCount:
         return _key_count(await self._keys.counts(device.pk))
 
     async def claim(self, req: ClaimRequest) -> ClaimResponse:

@@ -24,7 +24,7 @@ from bisik.server.handlers._notifier import Notifier
 from bisik.server.handlers.groups import GroupsHandler
 from bisik.server.handlers.presence import PresenceHandler
 from bisik.server.handlers.push import PushHandler
-from bisik.server.stores import AccountStore, DeviceRow, EnvelopeRow, MessageStore, NewEnvelope
+from bisik.server.stores import AccountStore, DeviceHandle, EnvelopeRow, MessageStore, NewEnvelope
 
 log = logging.getLogger("bisik.server.messages")
 
@@ -72,7 +72,7 @@ class MessagesHandler:
         self._presence = presence
         self._push = push
 
-    async def send(self, sender: DeviceRow, req: SendRequest) -> SendResult:
+    async def send(self, sender: DeviceHandle, req: SendRequest) -> SendResult:
         """Store every envelope durably, then push to online recipients.
 
         Raises:
@@ -85,7 +85,7 @@ class MessagesHandler:
         result, _ = await self._store_send(sender, req)
         return result
 
-    async def send_many(self, sender: DeviceRow, req: SendMany) -> SendManyResult:
+    async def send_many(self, sender: DeviceHandle, req: SendMany) -> SendManyResult:
         """Several sends from one frame, stored in their order (in one transaction
         when nothing else is being written). Order is what a conversation is
         made of, so the first message refused ends the frame: the ones after
@@ -134,7 +134,7 @@ class MessagesHandler:
             await self._notifier.deliver_many(device_pk, envelopes)
         return SendManyResult(results=outcomes)
 
-    async def _check_send(self, sender: DeviceRow, req: SendRequest) -> None:
+    async def _check_send(self, sender: DeviceHandle, req: SendRequest) -> None:
         refs = [(e.username, e.device_id) for e in req.envelopes]
         if len(set(refs)) != len(refs):
             raise ProtocolError(ErrorCode.BAD_REQUEST, "a device is addressed more than once")
@@ -143,7 +143,7 @@ class MessagesHandler:
             await self._groups.require_members(sender, req.group_id, recipients)
 
     async def _store_send(
-        self, sender: DeviceRow, req: SendRequest, *, push: bool = True
+        self, sender: DeviceHandle, req: SendRequest, *, push: bool = True
     ) -> tuple[SendResult, list[EnvelopeRow]]:
         """Store one send; its envelopes are pushed here unless ``push`` is false
         (then the caller pushes the rows returned)."""
@@ -170,7 +170,7 @@ class MessagesHandler:
         result = SendResult(seq=stored.seq, ts=stored.ts, duplicate=stored.duplicate)
         return result, stored.envelopes
 
-    async def send_group(self, sender: DeviceRow, req: GroupSend) -> SendResult:
+    async def send_group(self, sender: DeviceHandle, req: GroupSend) -> SendResult:
         """Store one Megolm ciphertext for every current device of every member
         (but the sender's), then push it. Only members may send."""
         await self._groups.require_member(sender, req.group_id)
@@ -192,7 +192,7 @@ class MessagesHandler:
             self._push.notify(stored.push)
         return SendResult(seq=stored.seq, ts=stored.ts, duplicate=stored.duplicate)
 
-    async def _send_ephemeral(self, sender: DeviceRow, req: SendRequest) -> SendResult:
+    async def _send_ephemeral(self, sender: DeviceHandle, req: SendRequest) -> SendResult:
         """Push to online devices only (typing): never stored, members only."""
         refs = [(e.username, e.device_id) for e in req.envelopes]
         resolved = await self._accounts.resolve_devices(refs)
@@ -233,13 +233,13 @@ class MessagesHandler:
                     log.info("purged %d messages, %d envelopes", messages, envelopes)
             await asyncio.sleep(self._config.purge_interval_s)
 
-    async def sync(self, device: DeviceRow, req: SyncRequest) -> SyncResult:
+    async def sync(self, device: DeviceHandle, req: SyncRequest) -> SyncResult:
         rows = await self._messages.pending(device.pk, req.after, req.limit + 1)
         return SyncResult(
             envelopes=[_envelope(r) for r in rows[: req.limit]], more=len(rows) > req.limit
         )
 
-    async def ack(self, device: DeviceRow, req: AckRequest) -> AckResult:
+    async def ack(self, device: DeviceHandle, req: AckRequest) -> AckResult:
         deleted, foreign = await self._messages.ack(device.pk, req.ids)
         if foreign:
             raise ProtocolError(

@@ -3,7 +3,7 @@ from __future__ import annotations
 from bisik.proto import ErrorCode, PresenceInfo, ProtocolError, Settings
 from bisik.server._clock import now_ms
 from bisik.server.handlers._notifier import Notifier
-from bisik.server.stores import DeviceRow
+from bisik.server.stores import DeviceHandle
 from bisik.server.stores.presence import Announcement, PresenceStore
 
 
@@ -29,10 +29,10 @@ class PresenceHandler:
                 self._user_pks[username] = pk
         return pk
 
-    async def connected(self, device: DeviceRow) -> None:
+    async def connected(self, device: DeviceHandle) -> None:
         await self._announce(await self._store.socket_changed(device.pk, +1, now_ms()))
 
-    async def disconnected(self, device: DeviceRow) -> None:
+    async def disconnected(self, device: DeviceHandle) -> None:
         await self._announce(await self._store.socket_changed(device.pk, -1, now_ms()))
 
     async def _announce(self, announcement: Announcement | None) -> None:
@@ -47,7 +47,7 @@ class PresenceHandler:
         for partner in announcement.partners:
             await self._notifier.presence(partner, info)
 
-    async def require_conversation(self, device: DeviceRow, usernames: set[str]) -> None:
+    async def require_conversation(self, device: DeviceHandle, usernames: set[str]) -> None:
         """Raise ``not_in_conversation`` unless the device's user shares a
         conversation with every one of ``usernames`` (or is them)."""
         me = await self.user_pk(device.username)
@@ -74,7 +74,7 @@ class PresenceHandler:
             await self._store.add_pairs(pairs, now_ms())
             self._pairs.update((min(a, b), max(a, b)) for a, b in pairs)
 
-    async def query(self, device: DeviceRow, username: str) -> PresenceInfo:
+    async def query(self, device: DeviceHandle, username: str) -> PresenceInfo:
         await self.require_conversation(device, {username})
         me = await self.user_pk(device.username)
         target = await self.user_pk(username)
@@ -86,7 +86,7 @@ class PresenceHandler:
             username=username, visible=True, online=state.online, last_seen_at=state.last_seen_at
         )
 
-    async def settings(self, device: DeviceRow, req: Settings) -> Settings:
+    async def settings(self, device: DeviceHandle, req: Settings) -> Settings:
         me = await self.user_pk(device.username)
         assert me is not None
         if req.share_presence is not None:

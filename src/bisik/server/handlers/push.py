@@ -15,7 +15,7 @@ from pywebpush import WebPushException, webpush_async
 from bisik.proto import Done, ErrorCode, ProtocolError, PushSubscription, VapidKey
 from bisik.server._clock import now_ms
 from bisik.server._config import ServerConfig
-from bisik.server.stores import DeviceRow
+from bisik.server.stores import DeviceHandle
 from bisik.server.stores.push import PushStore, Subscription
 
 log = logging.getLogger("bisik.server.push")
@@ -59,7 +59,7 @@ class PushHandler:
         )
         return VapidKey(public_key=base64.urlsafe_b64encode(raw).decode().rstrip("="))
 
-    async def subscribe(self, device: DeviceRow, req: PushSubscription) -> Done:
+    async def subscribe(self, device: DeviceHandle, req: PushSubscription) -> Done:
         host = urlsplit(req.endpoint).hostname or ""
         if _private_host(host) and not self._config.push_allow_private:
             # The server would make requests there: no internal addresses.
@@ -69,7 +69,7 @@ class PushHandler:
         )
         return Done()
 
-    async def unsubscribe(self, device: DeviceRow) -> Done:
+    async def unsubscribe(self, device: DeviceHandle) -> Done:
         await self._store.unsubscribe(device.pk)
         return Done()
 

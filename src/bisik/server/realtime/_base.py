@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bisik.server._services import Services
-from bisik.server.stores import DeviceRow
+from bisik.server.stores import DeviceHandle
 
 
 @dataclass(frozen=True)
@@ -13,7 +13,7 @@ class Connection:
     """One authenticated socket: its id and the device behind it."""
 
     sid: str
-    device: DeviceRow
+    device: DeviceHandle
 
 
 # An event handler gets the connection and the raw payload and returns the ack body.

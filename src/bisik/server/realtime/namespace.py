@@ -24,7 +24,7 @@ from bisik.server.realtime.devices import DevicesConcern, user_room
 from bisik.server.realtime.groups import GroupsConcern
 from bisik.server.realtime.message import MessageConcern, messages_in
 from bisik.server.realtime.presence import PresenceConcern
-from bisik.server.stores import DeviceRow
+from bisik.server.stores import DeviceHandle
 
 log = logging.getLogger("bisik.server.realtime")
 
@@ -90,6 +90,19 @@ class SocketNotifier:
             await self.sio.disconnect(sid)
 
 
+class _Socket:
+    """What the namespace keeps per authenticated socket: the device's handle
+    (not its keys), the client's address for the rate limits, and when the
+    device was last found not revoked."""
+
+    __slots__ = ("device", "ip", "validated_at")
+
+    def __init__(self, device: DeviceHandle, ip: str | None, validated_at: float) -> None:
+        self.device = device
+        self.ip = ip
+        self.validated_at = validated_at
+
+
 def _error(code: ErrorCode | str, message: str) -> dict[str, Any]:
     return {"ok": False, "error": {"code": str(code), "message": message}}
 
@@ -109,10 +122,8 @@ class BisikNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         )
         for concern in concerns:
             self._handlers.update(concern.events())
-        self._devices: dict[str, DeviceRow] = {}
-        self._validated: dict[str, float] = {}
+        self._sockets: dict[str, _Socket] = {}
         self.limits = Limits(services.config)
-        self._ips: dict[str, str | None] = {}
 
     async def trigger_event(self, event: Any, *args: Any) -> Any:
         sid = args[0]
@@ -127,10 +138,10 @@ class BisikNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
                 return await self._connect(sid, auth, environ)
             return await self._disconnect(sid)
         data = args[1] if len(args) > 1 else None
-        device = self._devices.get(sid)
-        if device is None:
+        sock = self._sockets.get(sid)
+        if sock is None:
             return _error(ErrorCode.UNAUTHORIZED, "not authenticated")
-        if not await self._still_valid(sid, device):
+        if not await self._still_valid(sid, sock):
             return _error(ErrorCode.UNAUTHORIZED, "this device was removed from its account")
         if not isinstance(event, str):
             return _error(ErrorCode.BAD_REQUEST, "an event name must be a string")
@@ -141,8 +152,8 @@ class BisikNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             return _error(ErrorCode.BAD_REQUEST, "an event takes exactly one payload")
         try:
             if event in MESSAGE_EVENTS:
-                self.limits.message(device.pk, self._ips.get(sid), messages_in(event, data))
-            result = await handler(Connection(sid, device), data)
+                self.limits.message(sock.device.pk, sock.ip, messages_in(event, data))
+            result = await handler(Connection(sid, sock.device), data)
         except ProtocolError as exc:
             return _error(exc.code, exc.message)
         except OperationalError as exc:
@@ -154,20 +165,23 @@ class BisikNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             return _error(ErrorCode.INTERNAL, "internal server error")
         return {"ok": True, **result}
 
-    async def _still_valid(self, sid: str, device: DeviceRow) -> bool:
+    async def _still_valid(self, sid: str, sock: _Socket) -> bool:
         """Re-check now and then that the device was not revoked meanwhile.
 
         The revoking process closes its own sockets at once; this closes the
         ones on other server processes within ``REVALIDATE_S``.
         """
         now = time.monotonic()
-        if now - self._validated.get(sid, 0.0) < REVALIDATE_S:
+        if now - sock.validated_at < REVALIDATE_S:
             return True
-        if await self._auth.services.account_store.get_device_by_pk(device.pk) is None:
-            self._devices.pop(sid, None)
+        if await self._auth.services.account_store.get_device_by_pk(sock.device.pk) is None:
+            # Forgotten before the disconnect, so that no presence is recorded
+            # for a removed device; its slot in the per-address count is freed here.
+            if self._sockets.pop(sid, None) is sock:
+                self.limits.close_socket(sock.ip)
             await self.disconnect(sid)
             return False
-        self._validated[sid] = now
+        sock.validated_at = now
         return True
 
     async def _connect(self, sid: str, auth: Any, environ: Any) -> None:
@@ -180,13 +194,13 @@ class BisikNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
                 exc.message, {"code": str(exc.code)}
             ) from None
         try:
-            device = await self._auth.authenticate(auth)
+            row = await self._auth.authenticate(auth)
         except BaseException:
             self.limits.close_socket(ip)
             raise
-        self._ips[sid] = ip
-        self._devices[sid] = device
-        self._validated[sid] = time.monotonic()
+        # The handle only: the device's keys and signatures are not kept per socket.
+        device = DeviceHandle(row.pk, row.username, row.device_id)
+        self._sockets[sid] = _Socket(device, ip, time.monotonic())
         await self.enter_room(sid, device_room(device.pk))
         await self.enter_room(sid, user_room(device.username))
         await self.enter_room(sid, account_room(device.username))
@@ -200,12 +214,10 @@ class BisikNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         # their key count after every (re)connect instead.
 
     async def _disconnect(self, sid: str) -> None:
-        self._validated.pop(sid, None)
-        if sid in self._ips:
-            self.limits.close_socket(self._ips.pop(sid))
-        device = self._devices.pop(sid, None)
-        if device is not None:
+        sock = self._sockets.pop(sid, None)
+        if sock is not None:
+            self.limits.close_socket(sock.ip)
             try:
-                await self.presence.on_disconnected(sid, device)
+                await self.presence.on_disconnected(sid, sock.device)
             except OperationalError as exc:
                 log.warning("presence not recorded at disconnect: %s", storage_problem(exc))

@@ -11,7 +11,7 @@ from typing import Any
 from bisik.proto import PresenceQuery, PushSubscription, Settings
 from bisik.server.realtime._base import ConcernBase, Connection, EventHandler
 from bisik.server.rest._util import parse_model
-from bisik.server.stores import DeviceRow
+from bisik.server.stores import DeviceHandle
 
 
 class PresenceConcern(ConcernBase):
@@ -24,10 +24,10 @@ class PresenceConcern(ConcernBase):
             "push_key": self.push_key,
         }
 
-    async def on_connected(self, sid: str, device: DeviceRow) -> None:
+    async def on_connected(self, sid: str, device: DeviceHandle) -> None:
         await self.services.presence.connected(device)
 
-    async def on_disconnected(self, sid: str, device: DeviceRow) -> None:
+    async def on_disconnected(self, sid: str, device: DeviceHandle) -> None:
         await self.services.presence.disconnected(device)
 
     async def query(self, conn: Connection, data: Any) -> dict[str, Any]:

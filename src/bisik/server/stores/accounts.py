@@ -47,12 +47,20 @@ class DeviceInfo:
     last_seen_at: int | None
 
 
-@dataclass(frozen=True)
-class DeviceRow:
+@dataclass(frozen=True, slots=True)
+class DeviceHandle:
+    """Which device: all that most handlers read, and all an open socket keeps of it."""
+
     pk: int
     username: str
-    identity_key: str
     device_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRow(DeviceHandle):
+    """A device with its public keys and their signatures."""
+
+    identity_key: str
     curve25519: str
     ed25519: str
     identity_signature: str
@@ -79,7 +87,16 @@ _DEVICE_COLUMNS = (
 
 
 def _device(row: Sequence[Any]) -> DeviceRow:
-    return DeviceRow(int(row[0]), row[1], row[2], row[3], row[4], row[5], row[6], row[7])
+    return DeviceRow(
+        pk=int(row[0]),
+        username=row[1],
+        identity_key=row[2],
+        device_id=row[3],
+        curve25519=row[4],
+        ed25519=row[5],
+        identity_signature=row[6],
+        device_signature=row[7],
+    )
 
 
 async def insert_one_time_keys(
