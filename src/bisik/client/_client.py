@@ -74,6 +74,8 @@ MAX_TEXT_BYTES = 16 * 1024
 RECEIPT_DELAY_S = 0.2
 # Envelopes per sync request (the server's maximum).
 SYNC_PAGE = 500
+# Event-loop steps from Transport.call to the frame on the socket.
+SEND_STEPS = 2
 # Outbox items per send_many frame, and the ciphertext bytes in one (well under
 # the server's 1 MiB frame limit).
 SEND_BATCH = 64
@@ -114,6 +116,9 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
         self._devices = DeviceDirectory(store, self._transport)
         self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._pushed: list[Any] = []
+        # Acks on their way to the server: the worker opens the next envelopes
+        # meanwhile (an unacked envelope comes again and is skipped as processed).
+        self._acks: set[asyncio.Task[None]] = set()
         self._worker: asyncio.Task[None] | None = None
         self._closing = False
         self._subscribers: list[asyncio.Queue[Event]] = []
@@ -271,6 +276,8 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
             self._worker.cancel()
             await asyncio.wait([self._worker], timeout=5)
             self._worker = None
+        if self._acks:
+            await asyncio.wait(set(self._acks), timeout=5)
         self._signals.close()
         if self._expiry_task is not None:
             self._expiry_task.cancel()
@@ -420,6 +427,10 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
                 envelopes, more = await fetch
                 if more and envelopes:
                     fetch = asyncio.ensure_future(self._sync_page(int(envelopes[-1]["id"])))
+                    # Opening a page does not yield: let the request reach the
+                    # socket first (one step to emit it, one for the writer task).
+                    for _ in range(SEND_STEPS):
+                        await asyncio.sleep(0)
                 total += await self._handle_envelopes(envelopes)
                 if not more or not envelopes:
                     break
@@ -428,6 +439,9 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
                 fetch.cancel()
                 with contextlib.suppress(BaseException):
                     await fetch
+        # Synced means the server holds nothing this device has opened.
+        if self._acks:
+            await asyncio.wait(set(self._acks))
         if connection != self._connection:
             raise NotConnected("the connection dropped during the sync")
         self.synced.set()
@@ -477,10 +491,17 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
                     at += 1
         finally:
             if done and self._transport.connected:
-                with contextlib.suppress(NotConnected, ProtocolError):
-                    await self._transport.call("ack", {"ids": done})
+                ack = asyncio.get_running_loop().create_task(self._ack(done))
+                self._acks.add(ack)
+                ack.add_done_callback(self._acks.discard)
             self._schedule_delivered_receipts()
         return received
+
+    async def _ack(self, ids: list[int]) -> None:
+        """Let the server delete envelopes that are opened and stored. One that
+        is lost comes again and is skipped (``is_processed``)."""
+        with contextlib.suppress(NotConnected, ProtocolError):
+            await self._transport.call("ack", {"ids": ids})
 
     def _schedule_delivered_receipts(self) -> None:
         """Delivered receipts wait ``RECEIPT_DELAY_S``, so a burst of messages is
