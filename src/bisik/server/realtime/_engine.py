@@ -26,8 +26,9 @@ from engineio.async_drivers import asgi as engineio_asgi
 
 log = logging.getLogger("bisik.server.realtime")
 
-# The request headers engineio itself reads (upgrade checks, CORS); the others
-# stay in ``environ["asgi.scope"]["headers"]``.
+# The request headers engineio itself reads (upgrade checks, CORS). A websocket's
+# scope lets go of its headers once these are copied: the scope lives as long as
+# the connection, and nothing reads the rest (a browser sends a dozen or more).
 _ENVIRON_HEADERS = {
     b"upgrade": "HTTP_UPGRADE",
     b"connection": "HTTP_CONNECTION",
@@ -74,6 +75,7 @@ async def _translate_request(scope: dict[str, Any], receive: Any, send: Any) -> 
         except UnicodeDecodeError:
             continue
         environ[key] = f"{environ[key]},{text}" if key in environ else text
+    scope["headers"] = []
     environ["wsgi.url_scheme"] = environ.get("HTTP_X_FORWARDED_PROTO", "http")
     return environ
 
