@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +31,7 @@ from bisik.client._models import (
     MessageReceived,
     MessagesExpired,
     TimerChanged,
+    new_message_id,
 )
 from bisik.client._profile import OpenProfile
 from bisik.client._store import LocalStore
@@ -294,7 +294,7 @@ class ActionsMixin:
         payload = {"type": "action", "action": action.model_dump(), "sent_at": now}
         if conversation.startswith("#") and not own_only:
             return self._queue_group(conversation[1:], payload), now
-        message_id = secrets.token_urlsafe(16)
+        message_id = new_message_id()
         peer = conversation[1:] if conversation.startswith("@") else self.username
         with self._store.transaction():
             self._store.add_outbox(
@@ -558,22 +558,14 @@ class ActionsMixin:
         if not messages:
             return messages
         messages = self._with_attachments(messages)
+        keys = [(m.sender, m.id) for m in messages]
+        all_extras = self._store.extras_of(keys)
+        all_reactions = self._store.reactions_of(keys)
         out = []
         for m in messages:
             key = (m.sender, m.id)
-            extras = self._store._exec(
-                "SELECT kind, reply_to, expires_in, expire_at, hard_expire_at, view_once, "
-                "edited_at, deleted_at FROM message_extras WHERE sender = ? AND message_id = ?",
-                key,
-            ).fetchone()
-            reactions = {
-                str(r): str(e)
-                for r, e in self._store._exec(
-                    "SELECT reactor, emoji FROM reactions WHERE sender = ? AND message_id = ? "
-                    "ORDER BY at",
-                    key,
-                ).fetchall()
-            }
+            extras = all_extras.get(key)
+            reactions = all_reactions.get(key, {})
             if extras is None and not reactions:
                 out.append(m)
                 continue

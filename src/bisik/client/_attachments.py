@@ -491,8 +491,10 @@ class AttachmentsMixin:
     def _with_attachments(self, messages: list[Message]) -> list[Message]:
         found = self._store.attachments_of([(m.sender, m.id) for m in messages])
         return [
-            dataclasses.replace(m, attachment=AttachmentInfo.model_validate_json(found[m.id]))
-            if m.id in found
+            dataclasses.replace(
+                m, attachment=AttachmentInfo.model_validate_json(found[(m.sender, m.id)])
+            )
+            if (m.sender, m.id) in found
             else m
             for m in messages
         ]

@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
-import secrets
 import time
 from pathlib import Path
 from typing import Any, cast
@@ -47,6 +46,7 @@ from bisik.client._models import (
     TypingChanged,
     direct_conversation,
     group_conversation,
+    new_message_id,
 )
 from bisik.client._profile import OpenProfile
 from bisik.client._recovery import recover
@@ -527,7 +527,7 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
         receipt = {**receipt, "conversation": direct_conversation(peer)}
         with self._store.transaction():
             self._store.add_outbox(
-                secrets.token_urlsafe(16),
+                new_message_id(),
                 direct_conversation(peer),
                 {"to": peer, "type": "receipt", "scope": scope, "receipt": receipt, "sent_at": now},
                 now,
@@ -772,7 +772,7 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
         ``route`` says where it goes (``{"to": peer}`` or a group's)."""
         now = self.clock()
         message = Message(
-            id=secrets.token_urlsafe(16),
+            id=new_message_id(),
             conversation=conversation,
             sender=self.username,
             sender_device=self.device_id,
@@ -1194,7 +1194,7 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
             "typing": typing,
             "sent_at": _now(),
         }
-        message_id = secrets.token_urlsafe(16)
+        message_id = new_message_id()
         try:
             envelopes = await self._encrypt_for(message_id, payload)
             if envelopes:

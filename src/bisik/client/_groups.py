@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from collections.abc import Callable
 from typing import Any, Literal
@@ -40,6 +39,7 @@ from bisik.client._models import (
     Plaintext,
     RoomKeyContent,
     group_conversation,
+    new_message_id,
 )
 from bisik.client._store import LocalStore, StoredDevice
 from bisik.client._transport import Transport
@@ -217,7 +217,7 @@ class GroupsMixin:
             ) from None
 
     def _queue_group(self, group_id: str, payload: dict[str, Any]) -> str:
-        message_id = secrets.token_urlsafe(16)
+        message_id = new_message_id()
         now = self.clock()
         with self._store.transaction():
             self._store.add_outbox(
@@ -469,7 +469,7 @@ class GroupsMixin:
         now = _now()
         for start in range(0, len(devices), MAX_ENVELOPES_PER_SEND):
             chunk = devices[start : start + MAX_ENVELOPES_PER_SEND]
-            message_id = secrets.token_urlsafe(16)
+            message_id = new_message_id()
             envelopes = self._olm_envelopes(chunk, type=kind, id=message_id, sent_at=now, **fields)
             await self._transport.call(
                 "send",

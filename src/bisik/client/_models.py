@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from bisik.client._attachment_info import AttachmentInfo
+
+
+def new_message_id() -> str:
+    """A random id (128 bits, URL-safe base64) for a message or an outbox item.
+
+    Never starts with ``-``, so a command line (``bisik react ID ...``) cannot
+    take it for an option.
+    """
+    while True:
+        candidate = secrets.token_urlsafe(16)
+        if not candidate.startswith("-"):
+            return candidate
+
 
 ConnectionState = Literal["connecting", "connected", "disconnected"]
 

@@ -136,6 +136,10 @@ CREATE TABLE IF NOT EXISTS processed_envelopes (
 """
 
 
+# (sender, message_id) pairs bound in one statement (two parameters each).
+_KEYS_PER_STATEMENT = 400
+
+
 @dataclass(frozen=True)
 class StoredDevice:
     username: str
@@ -159,6 +163,9 @@ class LocalStore:
     def __init__(self, conn: sqlcipher3.Connection) -> None:
         self._conn = conn
         self._depth = 0
+        # Contacts' devices as read (every envelope names its sender's); only
+        # ``replace_devices`` writes them, and a rollback empties the memo.
+        self._device_memo: dict[tuple[str, str], StoredDevice] = {}
 
     @classmethod
     def open(cls, path: Path, key: bytes) -> LocalStore:
@@ -210,6 +217,7 @@ class LocalStore:
                 yield
             except BaseException:
                 self._conn.execute(f"ROLLBACK TO {savepoint}")
+                self._device_memo.clear()
                 raise
             finally:
                 self._depth -= 1
@@ -221,6 +229,7 @@ class LocalStore:
             yield
         except BaseException:
             self._conn.execute("ROLLBACK")
+            self._device_memo.clear()
             raise
         else:
             self._conn.execute("COMMIT")
@@ -324,6 +333,7 @@ class LocalStore:
         self._exec("UPDATE identities SET changed_to = ? WHERE username = ?", (new_key, username))
 
     def replace_devices(self, username: str, devices: list[StoredDevice], now: int) -> None:
+        self._device_memo = {k: v for k, v in self._device_memo.items() if k[0] != username}
         with self.transaction():
             self._exec("DELETE FROM devices WHERE username = ?", (username,))
             for d in devices:
@@ -341,12 +351,18 @@ class LocalStore:
         return [StoredDevice(*r) for r in rows]
 
     def device(self, username: str, device_id: str) -> StoredDevice | None:
+        known = self._device_memo.get((username, device_id))
+        if known is not None:
+            return known
         row = self._exec(
             "SELECT username, device_id, curve25519, ed25519, identity_key FROM devices "
             "WHERE username = ? AND device_id = ?",
             (username, device_id),
         ).fetchone()
-        return StoredDevice(*row) if row else None
+        if row is None:
+            return None
+        device = self._device_memo[(username, device_id)] = StoredDevice(*row)
+        return device
 
     # -- messages -------------------------------------------------------------
 
@@ -574,17 +590,52 @@ class LocalStore:
         ).fetchone()
         return str(row[0]) if row else None
 
-    def attachments_of(self, keys: list[tuple[str, str]]) -> dict[str, str]:
-        """``message_id -> info JSON`` for those of ``(sender, id)`` that have one."""
-        found: dict[str, str] = {}
-        for sender, message_id in keys:
-            row = self._exec(
-                "SELECT info FROM attachments WHERE sender = ? AND message_id = ?",
-                (sender, message_id),
-            ).fetchone()
-            if row:
-                found[message_id] = str(row[0])
+    def attachments_of(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        """``(sender, id) -> info JSON`` for those messages that have one."""
+        return {
+            (str(s), str(m)): str(info)
+            for s, m, info in self._rows_for_messages(
+                "SELECT sender, message_id, info FROM attachments", keys
+            )
+        }
+
+    def extras_of(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[Any, ...]]:
+        """``(sender, id) -> (kind, reply_to, expires_in, expire_at, hard_expire_at,
+        view_once, edited_at, deleted_at)`` for those messages that have extras."""
+        return {
+            (str(row[0]), str(row[1])): tuple(row[2:])
+            for row in self._rows_for_messages(
+                "SELECT sender, message_id, kind, reply_to, expires_in, expire_at, "
+                "hard_expire_at, view_once, edited_at, deleted_at FROM message_extras",
+                keys,
+            )
+        }
+
+    def reactions_of(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, str]]:
+        """``(sender, id) -> {reactor: emoji}`` (oldest first) for reacted-to messages."""
+        found: dict[tuple[str, str], dict[str, str]] = {}
+        rows = self._rows_for_messages(
+            "SELECT sender, message_id, reactor, emoji FROM reactions", keys, order="at"
+        )
+        for sender, message_id, reactor, emoji in rows:
+            found.setdefault((str(sender), str(message_id)), {})[str(reactor)] = str(emoji)
         return found
+
+    def _rows_for_messages(
+        self, select: str, keys: list[tuple[str, str]], order: str | None = None
+    ) -> list[Any]:
+        """``select`` filtered to the ``(sender, message_id)`` pairs in ``keys``,
+        a few hundred pairs per statement."""
+        rows: list[Any] = []
+        ordering = f" ORDER BY {order}" if order else ""
+        for start in range(0, len(keys), _KEYS_PER_STATEMENT):
+            chunk = keys[start : start + _KEYS_PER_STATEMENT]
+            pairs = ", ".join(["(?, ?)"] * len(chunk))
+            params = tuple(v for key in chunk for v in key)
+            rows += self._exec(
+                f"{select} WHERE (sender, message_id) IN (VALUES {pairs}){ordering}", params
+            ).fetchall()
+        return rows
 
     def set_attachment_path(self, message_id: str, local_path: str) -> None:
         self._exec(

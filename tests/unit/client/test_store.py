@@ -1,0 +1,80 @@
+"""The SDK's local store: batched per-message lookups, the device memo, message ids."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bisik.client._models import new_message_id
+from bisik.client._store import LocalStore, StoredDevice
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[LocalStore]:
+    opened = LocalStore.open(tmp_path / "local.db", os.urandom(32))
+    yield opened
+    opened.close()
+
+
+def test_message_ids_never_look_like_command_line_options() -> None:
+    # One plain token_urlsafe in 64 starts with "-": 3,000 would all but surely show one.
+    ids = {new_message_id() for _ in range(3000)}
+    assert len(ids) == 3000
+    assert not [i for i in ids if i.startswith("-")]
+    assert all(len(i) == 22 for i in ids)
+
+
+def test_per_message_lookups_cover_every_key_across_statements(store: LocalStore) -> None:
+    keys = [(f"u{i % 3}", f"m{i}") for i in range(1000)]  # more than one statement's worth
+    with store.transaction():
+        for sender, message_id in keys[::7]:
+            store.put_attachment(sender, message_id, f'{{"n": "{message_id}"}}', None)
+        for at, (sender, message_id) in enumerate(keys[::5]):
+            store._exec(
+                "INSERT INTO message_extras (sender, message_id, kind, reply_to) "
+                "VALUES (?, ?, ?, ?)",
+                (sender, message_id, "text", f"r-{message_id}"),
+            )
+            for reactor, emoji in (("zed", "a"), ("amy", "b")):
+                store._exec(
+                    "INSERT INTO reactions VALUES (?, ?, ?, ?, ?)",
+                    (sender, message_id, reactor, emoji, at * 2 + (reactor == "amy")),
+                )
+        # Same message id from another sender: not theirs.
+        store.put_attachment("stranger", "m0", '{"n": "other"}', None)
+
+    attachments = store.attachments_of(keys)
+    assert set(attachments) == set(keys[::7])
+    assert attachments[("u0", "m0")] == '{"n": "m0"}'
+    extras = store.extras_of(keys)
+    assert set(extras) == set(keys[::5])
+    assert extras[("u2", "m5")][:2] == ("text", "r-m5")
+    reactions = store.reactions_of(keys)
+    assert set(reactions) == set(keys[::5])
+    assert list(reactions[("u1", "m10")].items()) == [("zed", "a"), ("amy", "b")]  # oldest first
+    assert store.attachments_of([]) == {} and store.reactions_of([("u0", "m1")]) == {}
+
+
+def _device(name: str, device_id: str, curve: str) -> StoredDevice:
+    return StoredDevice(name, device_id, curve, f"ed-{curve}", f"id-{name}")
+
+
+def test_device_memo_follows_replaced_lists_and_rollbacks(store: LocalStore) -> None:
+    store.replace_devices("bob", [_device("bob", "D1", "c1")], 1)
+    assert store.device("bob", "D1") == _device("bob", "D1", "c1")
+    store.replace_devices("bob", [_device("bob", "D2", "c2")], 2)
+    assert store.device("bob", "D1") is None  # removed from the list: not remembered
+    assert store.device("bob", "D2") == _device("bob", "D2", "c2")
+
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom), store.transaction():
+        store.replace_devices("bob", [_device("bob", "D3", "c3")], 3)
+        assert store.device("bob", "D3") is not None  # seen inside the transaction
+        raise Boom
+    assert store.device("bob", "D3") is None  # rolled back: gone from the memo too
+    assert store.device("bob", "D2") == _device("bob", "D2", "c2")
