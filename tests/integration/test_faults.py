@@ -344,7 +344,7 @@ async def test_a_closed_client_stops_reconnecting(server: RunningServer, tmp_pat
     assert sio._reconnect_task is None or sio._reconnect_task.done()
     await server.start()  # same port: a client still trying would get in now
     await asyncio.sleep(1.5)  # longer than the first reconnection delay (0.5 s +- 0.5 s)
-    assert not server.app.other_asgi_app.state.namespace._devices
+    assert not server.app.other_asgi_app.state.namespace._sockets
 
 
 # -- a client frozen (SIGSTOP) for longer than the ping timeout ----------------------
@@ -395,7 +395,7 @@ async def test_client_frozen_beyond_the_ping_timeout(
     reader = asyncio.create_task(read_lines(proc.stdout, lines))
 
     def bob_online() -> bool:
-        return any(d.device_id == bob_device for d in namespace._devices.values())
+        return any(s.device.device_id == bob_device for s in namespace._sockets.values())
 
     try:
         await wait_for(bob_online, 30)
