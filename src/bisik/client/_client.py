@@ -74,8 +74,6 @@ MAX_TEXT_BYTES = 16 * 1024
 RECEIPT_DELAY_S = 0.2
 # Envelopes per sync request (the server's maximum).
 SYNC_PAGE = 500
-# Event-loop steps from Transport.call to the frame on the socket.
-SEND_STEPS = 2
 # Outbox items per send_many frame, and the ciphertext bytes in one (well under
 # the server's 1 MiB frame limit).
 SEND_BATCH = 64
@@ -427,10 +425,8 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
                 envelopes, more = await fetch
                 if more and envelopes:
                     fetch = asyncio.ensure_future(self._sync_page(int(envelopes[-1]["id"])))
-                    # Opening a page does not yield: let the request reach the
-                    # socket first (one step to emit it, one for the writer task).
-                    for _ in range(SEND_STEPS):
-                        await asyncio.sleep(0)
+                    # Opening a page does not yield: the request goes out first.
+                    await self._transport.flushed()
                 total += await self._handle_envelopes(envelopes)
                 if not more or not envelopes:
                     break

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -200,6 +201,18 @@ class Transport:
                 future.set_exception(NotConnected("connection lost before the answer"))
         if self._disconnect_handler is not None:
             await self._disconnect_handler(reason)
+
+    async def flushed(self, timeout: float = 1.0) -> None:
+        """Until what was emitted so far is written to the socket (or ``timeout``).
+
+        For a request made ahead of time (the next sync page) before a stretch
+        of work that does not yield: it is on the wire while the work runs.
+        """
+        await asyncio.sleep(0)  # the emitting tasks queue their packets
+        queue: asyncio.Queue[Any] | None = getattr(self.sio.eio, "queue", None)
+        if queue is not None and self.connected:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(queue.join(), timeout)  # the writer marks each sent
 
     @property
     def connected(self) -> bool:
