@@ -587,7 +587,7 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
             return []
         opened: list[_Opened] = []
         try:
-            with self._store.transaction():
+            with self._store.transaction(), self._machine.saving_once():
                 for item in run:
                     if not item.ephemeral and item.key in seen:
                         opened.append(_Opened("duplicate"))  # twice in one page
@@ -933,7 +933,7 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
                     break
         envelopes = {i: item.envelopes for i, item in enumerate(run) if item.envelopes is not None}
         if targets:
-            with self._store.transaction():
+            with self._store.transaction(), self._machine.saving_once():
                 for i, devices in targets.items():
                     envelopes[i] = self._olm_content(run[i].message_id, run[i].payload, devices)
                     if envelopes[i]:

@@ -5,10 +5,16 @@ account and each session through it after *every* encrypt and decrypt, since
 a stale pickle would reuse a message key. The caller wraps each call in a
 store transaction; if that transaction rolls back it must call
 ``forget_cached_sessions`` so the in-memory ratchets match the database again.
+
+Many calls inside one store transaction can use ``saving_once``: each session
+(and the account) is written once, as the block ends, instead of after every
+call; the durability is the same, since nothing is durable before the commit.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Protocol, cast
 
 import vodozemac
@@ -51,6 +57,10 @@ class OlmMachine:
         self._pickle_key = pickle_key
         self._store = store
         self._sessions: dict[str, list[vodozemac.Session]] = {}
+        # Inside ``saving_once``: what its end writes (session id -> (their key,
+        # session)) and whether the account changed; ``None`` outside it.
+        self._unsaved: dict[str, tuple[str, vodozemac.Session]] | None = None
+        self._account_unsaved = False
 
     @classmethod
     def create(cls, pickle_key: bytes, store: SessionStore) -> OlmMachine:
@@ -209,9 +219,43 @@ class OlmMachine:
         self._save_session(their_key, session)
         return plaintext
 
+    @contextlib.contextmanager
+    def saving_once(self) -> Iterator[None]:
+        """Write each session used in the block, and the account, once as it
+        ends; to be entered *inside* the store transaction that commits them.
+
+        Within the block the in-memory ratchets are the truth and are what the
+        block's end writes (a message that decrypted but is then refused keeps
+        its key spent), so ``forget_cached_sessions`` does nothing there. If
+        the block raises, nothing is written and every cached session is
+        dropped: the caller's transaction rolls back.
+        """
+        if self._unsaved is not None:
+            yield
+            return
+        self._unsaved = {}
+        self._account_unsaved = False
+        try:
+            yield
+            unsaved = self._unsaved
+            for their_key, session in unsaved.values():
+                self._store.save_session(
+                    their_key, session.session_id, session.pickle(self._pickle_key)
+                )
+            if self._account_unsaved:
+                self._store.save_account(self._account.pickle(self._pickle_key))
+        except BaseException:
+            self._sessions.clear()
+            raise
+        finally:
+            self._unsaved = None
+            self._account_unsaved = False
+
     def forget_cached_sessions(self) -> None:
-        """Drop in-memory sessions so the next use reloads them from the store."""
-        self._sessions.clear()
+        """Drop in-memory sessions so the next use reloads them from the store
+        (not inside ``saving_once``: there they are what will be stored)."""
+        if self._unsaved is None:
+            self._sessions.clear()
 
     def _load(self, their_key: str) -> list[vodozemac.Session]:
         cached = self._sessions.get(their_key)
@@ -224,7 +268,13 @@ class OlmMachine:
         return cached
 
     def _save_session(self, their_key: str, session: vodozemac.Session) -> None:
+        if self._unsaved is not None:
+            self._unsaved[session.session_id] = (their_key, session)
+            return
         self._store.save_session(their_key, session.session_id, session.pickle(self._pickle_key))
 
     def _save_account(self) -> None:
+        if self._unsaved is not None:
+            self._account_unsaved = True
+            return
         self._store.save_account(self._account.pickle(self._pickle_key))

@@ -68,6 +68,44 @@ def test_conversation_and_persistence_after_every_step() -> None:
         assert bob2.decrypt(alice2.curve25519, t, body) == f"m{i}".encode()
 
 
+def test_saving_once_writes_each_session_once_at_the_end() -> None:
+    alice, _, bob, b_store, key = pair()
+    t, body = alice.encrypt(bob.curve25519, b"hello")
+    bob.decrypt(alice.curve25519, t, body)  # the session exists on both sides
+    sent = [alice.encrypt(bob.curve25519, f"m{i}".encode()) for i in range(5)]
+    writes, account = len(b_store.order), b_store.account
+    with bob.saving_once():
+        for i, (t, body) in enumerate(sent):
+            assert bob.decrypt(alice.curve25519, t, body) == f"m{i}".encode()
+        with pytest.raises(OlmDecryptError):  # replayed: fails, the block goes on
+            bob.decrypt(alice.curve25519, *sent[0])
+        bob.forget_cached_sessions()  # waits: the cached ratchet is what gets stored
+        assert len(b_store.order) == writes  # nothing written yet
+    assert len(b_store.order) == writes + 1  # one write for five decryptions
+    assert b_store.account == account  # the account did not change
+    # What was written is the ratchet after all five: a reload refuses a replay.
+    bob2 = OlmMachine.from_pickle(b_store.account or "", key, b_store)
+    with pytest.raises(OlmDecryptError):
+        bob2.decrypt(alice.curve25519, *sent[4])
+    t, body = alice.encrypt(bob.curve25519, b"next")
+    assert bob2.decrypt(alice.curve25519, t, body) == b"next"
+
+
+def test_saving_once_writes_nothing_when_the_block_fails() -> None:
+    alice, _, bob, b_store, _ = pair()
+    t, body = alice.encrypt(bob.curve25519, b"hello")
+    bob.decrypt(alice.curve25519, t, body)
+    t, body = alice.encrypt(bob.curve25519, b"rolled back")
+    writes = len(b_store.order)
+    with pytest.raises(RuntimeError), bob.saving_once():
+        assert bob.decrypt(alice.curve25519, t, body) == b"rolled back"
+        raise RuntimeError("the store transaction rolls back")
+    assert len(b_store.order) == writes  # nothing written...
+    # ...and nothing cached: the ratchet is the stored one, so the message opens again.
+    assert bob.decrypt(alice.curve25519, t, body) == b"rolled back"
+    assert len(b_store.order) == writes + 1  # outside the block: written at once
+
+
 def test_replayed_and_tampered_messages_fail() -> None:
     alice, _, bob, _, _ = pair()
     t, body = alice.encrypt(bob.curve25519, b"once")
