@@ -16,13 +16,15 @@ from bisik.client import (
     IdentityKeyChanged,
     LinkError,
     MessageReceived,
+    NotConnected,
     ProfileError,
     ProtocolError,
     RecoveryError,
     VerificationCode,
 )
 from bisik.crypto import IdentityKey
-from bisik.server.stores.schema import rendezvous, users
+from bisik.server.realtime import namespace as namespace_module
+from bisik.server.stores.schema import devices, rendezvous, users
 from tests.conftest import FAST_KDF, PASSWORD, ClientFactory, RunningServer, next_event
 
 
@@ -163,6 +165,37 @@ async def test_revoked_device_is_signed_out_and_gets_nothing(
         await phone.close()
     with pytest.raises(ProfileError, match="removed"):
         await Client.open(tmp_path / "phone", PASSWORD)
+
+
+async def test_a_device_revoked_by_another_server_process_is_refused_at_its_next_event(
+    make_client: ClientFactory, server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process's revocation closes nothing here: each socket re-checks its
+    device (at most every REVALIDATE_S; here always), a burst sharing one query."""
+    alice = await make_client("alice")
+    bob = await make_client("bob")
+    carol = await make_client("carol")
+    monkeypatch.setattr(namespace_module, "REVALIDATE_S", 0.0)
+    results = await asyncio.gather(
+        *(c._transport.call("keys_count", {}) for c in (alice, bob, carol) for _ in range(5))
+    )
+    assert all("one_time_keys" in r for r in results)
+    async with server.services.engine.begin() as conn:  # as another process would
+        await conn.execute(
+            update(devices).where(devices.c.device_id == bob.device_id).values(revoked_at=1)
+        )
+    calls = [c._transport.call("keys_count", {}) for c in (alice, bob, carol)]
+    answers = await asyncio.gather(*calls, return_exceptions=True)
+    assert "one_time_keys" in answers[0] and "one_time_keys" in answers[2]  # type: ignore[operator]
+    refused = answers[1]  # the socket is closed before (or as) the refusal goes out
+    assert isinstance(refused, NotConnected) or (
+        isinstance(refused, ProtocolError) and refused.code == "unauthorized"
+    ), refused
+    for _ in range(100):  # and its socket is closed
+        if not bob.connected:
+            break
+        await asyncio.sleep(0.1)
+    assert not bob.connected
 
 
 async def test_recover_the_account_on_a_fresh_device(

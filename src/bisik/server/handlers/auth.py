@@ -72,6 +72,10 @@ class AuthHandler:
             raise ProtocolError(*_REFUSALS[outcome])
         return TokenResponse(token=token, expires_at=expires)
 
+    async def device_live(self, device_pk: int) -> bool:
+        """Whether an authenticated socket's device is still there (not revoked)."""
+        return await self._auth.device_live(device_pk)
+
     async def authenticate(self, token: object) -> DeviceRow:
         """The device a bearer token belongs to.
 

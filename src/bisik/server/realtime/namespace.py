@@ -174,7 +174,7 @@ class BisikNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         now = time.monotonic()
         if now - sock.validated_at < REVALIDATE_S:
             return True
-        if await self._auth.services.account_store.get_device_by_pk(sock.device.pk) is None:
+        if not await self._auth.services.auth.device_live(sock.device.pk):
             # Forgotten before the disconnect, so that no presence is recorded
             # for a removed device; its slot in the per-address count is freed here.
             if self._sockets.pop(sid, None) is sock:

@@ -50,6 +50,10 @@ _token_devices = (
     )
 )
 
+_unrevoked = select(devices.c.id).where(
+    devices.c.id.in_(bindparam("pks", expanding=True)), devices.c.revoked_at.is_(None)
+)
+
 
 class TokenOutcome(enum.Enum):
     ISSUED = "issued"
@@ -84,6 +88,7 @@ class AuthStore:
         self._challenges: Batcher[_NewChallenge, bool] = Batcher(self._challenge_batch)
         self._tokens: Batcher[_NewToken, TokenOutcome] = Batcher(self._token_batch)
         self._lookups: Batcher[bytes, tuple[DeviceRow, int] | None] = Batcher(self._lookup_batch)
+        self._live: Batcher[int, bool] = Batcher(self._live_batch)
         self._purged_at = -PURGE_EVERY_S
 
     async def add_challenge(
@@ -117,6 +122,11 @@ class AuthStore:
     async def lookup_token(self, token_hash: bytes) -> tuple[DeviceRow, int] | None:
         """``(device, expires_at)`` for a token of a live device, or ``None``."""
         return await self._lookups.submit(token_hash)
+
+    async def device_live(self, device_pk: int) -> bool:
+        """Whether the device exists and is not revoked. Sockets ask this now
+        and then; a burst of them (a group's acks) shares one query."""
+        return await self._live.submit(device_pk)
 
     def _purge(self, conn: Connection, now: int) -> None:
         if time.monotonic() - self._purged_at < PURGE_EVERY_S:
@@ -184,6 +194,13 @@ class AuthStore:
             return outcomes
 
         return await self._db.write(work)
+
+    async def _live_batch(self, batch: list[int]) -> list[bool]:
+        def work(conn: Connection) -> set[int]:
+            return {int(pk) for (pk,) in conn.execute(_unrevoked, {"pks": list(set(batch))})}
+
+        live = await self._db.read(work)
+        return [pk in live for pk in batch]
 
     async def _lookup_batch(self, batch: list[bytes]) -> list[tuple[DeviceRow, int] | None]:
         def work(conn: Connection) -> dict[bytes, tuple[DeviceRow, int]]:
