@@ -194,6 +194,31 @@ async def test_removed_member_reads_nothing_new(
         await carol.send_text(f"#{group.group_id}", "let me back in")
 
 
+async def test_member_list_is_built_once_per_version(make_client: ClientFactory) -> None:
+    """The server keeps the list it built for a version (after a change every
+    member asks for it); every change (add, promote, remove) is seen at once."""
+    alice = await make_client("alice")
+    await make_client("bob")
+    await make_client("carol")
+    group = await alice.create_group("Team", ["bob"])
+
+    async def info() -> dict[str, object]:
+        return await alice._transport.call("group_info", {"group_id": group.group_id})
+
+    first = await info()
+    assert [m["username"] for m in first["members"]] == ["alice", "bob"]  # type: ignore[index]
+    await alice.add_members("#Team", ["carol"])
+    added = await info()
+    assert added["version"] == first["version"] + 1  # type: ignore[operator]
+    assert {m["username"] for m in added["members"]} == {"alice", "bob", "carol"}  # type: ignore[index]
+    await alice._transport.call("group_promote", {"group_id": group.group_id, "username": "bob"})
+    promoted = await info()
+    roles = {m["username"]: m["role"] for m in promoted["members"]}  # type: ignore[index]
+    assert roles == {"alice": "admin", "bob": "admin", "carol": "member"}
+    await alice.remove_member("#Team", "carol")
+    assert {m["username"] for m in (await info())["members"]} == {"alice", "bob"}  # type: ignore[index]
+
+
 async def test_new_member_reads_from_when_added(
     make_client: ClientFactory, server: RunningServer
 ) -> None:

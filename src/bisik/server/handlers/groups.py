@@ -42,6 +42,9 @@ from bisik.server.stores.groups import (
 # Tells a user's own devices about a change to one of their groups.
 GroupNotify = Callable[[Iterable[str], GroupChange], Awaitable[None]]
 
+# Member lists kept built (see GroupsHandler.info).
+INFOS_KEPT = 256
+
 
 def _info(group: GroupRow) -> GroupInfo:
     return GroupInfo(
@@ -63,6 +66,10 @@ class GroupsHandler:
     def __init__(self, store: GroupStore, notify: GroupNotify) -> None:
         self._store = store
         self._notify = notify
+        # The last member list built per group. Every membership change bumps the
+        # version, and after one every member asks for the list: built once, not
+        # once per member (500 lists of 500 members).
+        self._infos: dict[str, GroupInfo] = {}
 
     async def _pk(self, username: str) -> int:
         pks = await self._store.user_pks([username])
@@ -106,10 +113,18 @@ class GroupsHandler:
 
     async def info(self, device: DeviceHandle, req: GroupRef) -> GroupInfo:
         await self.require_member(device, req.group_id)
+        known = self._infos.get(req.group_id)
+        if known is not None and known.version == await self._store.version(req.group_id):
+            return known
         group = await self._store.get(req.group_id)
         if group is None:
             raise ProtocolError(ErrorCode.NOT_A_MEMBER, "not a member of this group")
-        return _info(group)
+        info = _info(group)
+        self._infos.pop(req.group_id, None)
+        if len(self._infos) >= INFOS_KEPT:
+            del self._infos[next(iter(self._infos))]  # the least recently built
+        self._infos[req.group_id] = info
+        return info
 
     async def list_groups(self, device: DeviceHandle) -> GroupList:
         rows = await self._store.groups_of(await self._pk(device.username))

@@ -108,6 +108,13 @@ class GroupStore:
         ).all()
         return [MemberRow(str(u), str(r), int(a)) for u, r, a in rows]
 
+    async def version(self, group_id: str) -> int | None:
+        async with self._engine.connect() as conn:
+            version = (
+                await conn.execute(select(groups.c.version).where(groups.c.id == group_id))
+            ).scalar()
+        return None if version is None else int(version)
+
     async def role(self, group_id: str, user_pk: int) -> str | None:
         async with self._engine.connect() as conn:
             return await self._role(conn, group_id, user_pk)
