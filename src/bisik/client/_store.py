@@ -138,6 +138,7 @@ CREATE TABLE IF NOT EXISTS processed_envelopes (
 
 # (sender, message_id) pairs bound in one statement (two parameters each).
 _KEYS_PER_STATEMENT = 400
+_KEY_LIST_SIZES = (1, 8, 64, _KEYS_PER_STATEMENT)
 
 
 @dataclass(frozen=True)
@@ -630,11 +631,17 @@ class LocalStore:
         ordering = f" ORDER BY {order}" if order else ""
         for start in range(0, len(keys), _KEYS_PER_STATEMENT):
             chunk = keys[start : start + _KEYS_PER_STATEMENT]
-            pairs = ", ".join(["(?, ?)"] * len(chunk))
+            # A few statement shapes only (padded with the last key), so they stay
+            # in the connection's prepared-statement cache.
+            size = next(n for n in _KEY_LIST_SIZES if n >= len(chunk))
+            chunk += [chunk[-1]] * (size - len(chunk))
+            where = (
+                "sender = ? AND message_id = ?"
+                if size == 1
+                else f"(sender, message_id) IN (VALUES {', '.join(['(?, ?)'] * size)})"
+            )
             params = tuple(v for key in chunk for v in key)
-            rows += self._exec(
-                f"{select} WHERE (sender, message_id) IN (VALUES {pairs}){ordering}", params
-            ).fetchall()
+            rows += self._exec(f"{select} WHERE {where}{ordering}", params).fetchall()
         return rows
 
     def set_attachment_path(self, message_id: str, local_path: str) -> None:

@@ -56,6 +56,9 @@ def test_per_message_lookups_cover_every_key_across_statements(store: LocalStore
     assert set(reactions) == set(keys[::5])
     assert list(reactions[("u1", "m10")].items()) == [("zed", "a"), ("amy", "b")]  # oldest first
     assert store.attachments_of([]) == {} and store.reactions_of([("u0", "m1")]) == {}
+    assert list(store.extras_of([("u2", "m5")])) == [("u2", "m5")]  # one key: its own statement
+    three = [("u1", "m10"), ("u0", "m15"), ("u1", "m10")]  # padded to a fixed size
+    assert set(store.reactions_of(three)) == {("u1", "m10"), ("u0", "m15")}
 
 
 def _device(name: str, device_id: str, curve: str) -> StoredDevice:
