@@ -920,10 +920,14 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
         send: one item as ``send``, several as ``send_many``."""
         outcomes: list[_Outcome] = [None] * len(run)
         targets: dict[int, list[StoredDevice]] = {}
+        by_route: dict[tuple[str, str], list[StoredDevice]] = {}  # a run is mostly one chat
         for i, item in enumerate(run):
             if item.envelopes is None:
+                route = (str(item.payload["to"]), str(item.payload.get("scope", "all")))
                 try:
-                    targets[i] = await self._encryption_targets(item.payload)
+                    if route not in by_route:
+                        by_route[route] = await self._encryption_targets(item.payload)
+                    targets[i] = by_route[route]
                 except NotConnected:
                     raise
                 except (ProtocolError, ClientError) as exc:

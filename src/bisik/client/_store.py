@@ -139,6 +139,11 @@ CREATE TABLE IF NOT EXISTS processed_envelopes (
 # (sender, message_id) pairs bound in one statement (two parameters each).
 _KEYS_PER_STATEMENT = 400
 _KEY_LIST_SIZES = (1, 8, 64, _KEYS_PER_STATEMENT)
+# Our messages to one user among some ids (``{}``: that many ``?``).
+_OUR_MESSAGES_TO = (
+    "FROM messages WHERE sender = (SELECT value FROM meta WHERE key = 'username') "
+    "AND direction = 'out' AND conversation = ? AND id IN ({})"
+)
 
 
 @dataclass(frozen=True)
@@ -433,27 +438,24 @@ class LocalStore:
         self, message_ids: list[str], username: str, device_id: str, kind: str, now: int
     ) -> list[str]:
         """Record receipts for our own messages; returns the ids that were ours."""
-        ours = []
-        for message_id in message_ids:
-            row = self._exec(
-                "SELECT state FROM messages WHERE sender = (SELECT value FROM meta WHERE "
-                "key = 'username') AND id = ? AND direction = 'out' AND conversation = ?",
-                (message_id, f"@{username}"),
-            ).fetchone()
-            if row is None:
-                continue  # not one of our messages to this user
-            ours.append(message_id)
+        # States only move forward: sent -> delivered -> read.
+        earlier = {"delivered": ("sent", "sent"), "read": ("sent", "delivered")}.get(kind)
+        ours: list[str] = []
+        message_ids = list(dict.fromkeys(message_ids))
+        for start in range(0, len(message_ids), _KEYS_PER_STATEMENT):
+            chunk = message_ids[start : start + _KEYS_PER_STATEMENT]
+            size = next(n for n in _KEY_LIST_SIZES if n >= len(chunk))
+            mine = _OUR_MESSAGES_TO.format(", ".join("?" * size))
+            params = (f"@{username}", *chunk, *[chunk[-1]] * (size - len(chunk)))
+            found = {str(r[0]) for r in self._exec(f"SELECT id {mine}", params).fetchall()}
+            ours += [m for m in chunk if m in found]
             self._exec(
-                "INSERT OR IGNORE INTO receipts VALUES (?, ?, ?, ?, ?)",
-                (message_id, username, device_id, kind, now),
+                f"INSERT OR IGNORE INTO receipts SELECT id, ?, ?, ?, ? {mine}",
+                (username, device_id, kind, now, *params),
             )
-            # States only move forward: sent -> delivered -> read.
-            order = {"sent": 1, "delivered": 2, "read": 3}
-            if str(row[0]) in order and order.get(kind, 0) > order[str(row[0])]:
-                self._exec(
-                    "UPDATE messages SET state = ? WHERE id = ? AND direction = 'out'",
-                    (kind, message_id),
-                )
+            if earlier is not None:
+                advance = "UPDATE messages SET state = ? WHERE state IN (?, ?) AND rowid IN "
+                self._exec(f"{advance}(SELECT rowid {mine})", (kind, *earlier, *params))
         return ours
 
     def receipts(self, message_id: str) -> list[tuple[str, str, str, int]]:

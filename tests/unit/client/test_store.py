@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bisik.client._models import new_message_id
+from bisik.client._models import Message, new_message_id
 from bisik.client._store import LocalStore, StoredDevice
 
 
@@ -81,3 +81,39 @@ def test_device_memo_follows_replaced_lists_and_rollbacks(store: LocalStore) -> 
         raise Boom
     assert store.device("bob", "D3") is None  # rolled back: gone from the memo too
     assert store.device("bob", "D2") == _device("bob", "D2", "c2")
+
+
+def _mine(store: LocalStore, message_id: str, to: str, state: str) -> None:
+    store.insert_message(Message(message_id, f"@{to}", "me", "D0", "out", "hi", 1, 1, None, state))
+
+
+def test_receipts_count_for_our_messages_to_that_user_and_only_move_forward(
+    store: LocalStore,
+) -> None:
+    with store.transaction():
+        store.set_meta("username", "me")
+        for i in range(450):  # two statements' worth
+            _mine(store, f"s{i}", "bob", "sent")
+        _mine(store, "pending", "bob", "pending")
+        _mine(store, "to-carol", "carol", "sent")
+        _mine(store, "read-already", "bob", "read")
+        store.insert_message(
+            Message("theirs", "@bob", "bob", "B1", "in", "yo", 1, 1, 1, "received")
+        )
+    ids = [f"s{i}" for i in range(450)] + ["pending", "to-carol", "read-already", "theirs", "s0"]
+    with store.transaction():
+        ours = store.add_receipt(ids, "bob", "B1", "delivered", 5)
+    assert ours == [f"s{i}" for i in range(450)] + ["pending", "read-already"]
+    state = dict(store._exec("SELECT id, state FROM messages").fetchall())
+    assert {state[f"s{i}"] for i in range(450)} == {"delivered"}
+    assert (state["pending"], state["to-carol"], state["read-already"]) == (
+        "pending",
+        "sent",
+        "read",
+    )
+    assert store.receipts("s449") == [("bob", "B1", "delivered", 5)]
+    assert store.receipts("to-carol") == [] and store.receipts("theirs") == []
+    with store.transaction():
+        assert store.add_receipt(["s1"], "bob", "B1", "read", 6) == ["s1"]
+        store.add_receipt(["s1"], "bob", "B1", "delivered", 7)  # late: no step back
+    assert store._exec("SELECT state FROM messages WHERE id = 's1'").fetchone()[0] == "read"
