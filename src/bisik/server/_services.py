@@ -67,9 +67,7 @@ class Services:
             accounts=AccountsHandler(config, accounts),
             auth=AuthHandler(config, AuthStore(db)),
             keys=KeysHandler(config, accounts, KeyStore(engine), notifier),
-            messages=MessagesHandler(
-                config, accounts, MessageStore(db), notifier, presence, push, groups
-            ),
+            messages=MessagesHandler(config, MessageStore(db), notifier, presence, push, groups),
             account_store=accounts,
             devices=DevicesHandler(accounts, notifier, backups),
             rendezvous=RendezvousHandler(RendezvousStore(engine)),

@@ -24,7 +24,7 @@ from bisik.server.handlers._notifier import Notifier
 from bisik.server.handlers.groups import GroupsHandler
 from bisik.server.handlers.presence import PresenceHandler
 from bisik.server.handlers.push import PushHandler
-from bisik.server.stores import AccountStore, DeviceHandle, EnvelopeRow, MessageStore, NewEnvelope
+from bisik.server.stores import DeviceHandle, EnvelopeRow, MessageStore, NewEnvelope
 
 log = logging.getLogger("bisik.server.messages")
 
@@ -57,7 +57,6 @@ class MessagesHandler:
     def __init__(
         self,
         config: ServerConfig,
-        accounts: AccountStore,
         messages: MessageStore,
         notifier: Notifier,
         presence: PresenceHandler,
@@ -66,7 +65,6 @@ class MessagesHandler:
     ) -> None:
         self._groups = groups
         self._config = config
-        self._accounts = accounts
         self._messages = messages
         self._notifier = notifier
         self._presence = presence
@@ -90,7 +88,7 @@ class MessagesHandler:
         when nothing else is being written). Order is what a conversation is
         made of, so the first message refused ends the frame: the ones after
         it are not stored (``not_sent``) and the client sends them again."""
-        resolved = await self._accounts.resolve_devices(
+        resolved = await self._messages.resolve_devices(
             {(e.username, e.device_id) for m in req.messages for e in m.envelopes}
         )
         checked: list[ProtocolError | None] = []
@@ -195,7 +193,7 @@ class MessagesHandler:
     async def _send_ephemeral(self, sender: DeviceHandle, req: SendRequest) -> SendResult:
         """Push to online devices only (typing): never stored, members only."""
         refs = [(e.username, e.device_id) for e in req.envelopes]
-        resolved = await self._accounts.resolve_devices(refs)
+        resolved = await self._messages.resolve_devices(set(refs))
         _require_known(refs, resolved)
         await self._presence.require_conversation(sender, {e.username for e in req.envelopes})
         if any(len(e.body) > EPHEMERAL_MAX_BODY for e in req.envelopes):

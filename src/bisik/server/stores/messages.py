@@ -118,6 +118,13 @@ class MessageStore:
         # One bad send (a device deleted meanwhile) must not fail the others.
         return [(await self._store_batch([send]))[0] for send in batch]
 
+    async def resolve_devices(self, refs: set[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """``AccountStore.resolve_devices`` in one step on the message path's
+        database thread (a send resolves its recipients before it is stored)."""
+        if not refs:
+            return {}
+        return await self._db.read(lambda conn: resolve_devices(conn, refs))
+
     async def pending(self, recipient_pk: int, after: int, limit: int) -> list[EnvelopeRow]:
         """Envelopes for a device with id > ``after``, oldest first."""
 
