@@ -138,7 +138,7 @@ CREATE TABLE IF NOT EXISTS processed_envelopes (
 
 # (sender, message_id) pairs bound in one statement (two parameters each).
 _KEYS_PER_STATEMENT = 400
-_KEY_LIST_SIZES = (1, 8, 64, _KEYS_PER_STATEMENT)
+_KEY_LIST_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, _KEYS_PER_STATEMENT)
 # Our messages to one user among some ids (``{}``: that many ``?``).
 _OUR_MESSAGES_TO = (
     "FROM messages WHERE sender = (SELECT value FROM meta WHERE key = 'username') "
@@ -180,7 +180,11 @@ class LocalStore:
         Raises:
             ProfileError: if the key does not open the file.
         """
-        conn = sqlcipher3.connect(str(path), isolation_level=None, check_same_thread=False)
+        # Room for every statement shape in the prepared-statement cache (the key
+        # lists below come in a few sizes each).
+        conn = sqlcipher3.connect(
+            str(path), isolation_level=None, check_same_thread=False, cached_statements=512
+        )
         conn.execute(f"PRAGMA key = \"x'{key.hex()}'\"")
         try:
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
@@ -633,8 +637,8 @@ class LocalStore:
         ordering = f" ORDER BY {order}" if order else ""
         for start in range(0, len(keys), _KEYS_PER_STATEMENT):
             chunk = keys[start : start + _KEYS_PER_STATEMENT]
-            # A few statement shapes only (padded with the last key), so they stay
-            # in the connection's prepared-statement cache.
+            # A few statement shapes only (padded with the last key to a power of
+            # two), so they stay in the connection's prepared-statement cache.
             size = next(n for n in _KEY_LIST_SIZES if n >= len(chunk))
             chunk += [chunk[-1]] * (size - len(chunk))
             where = (
