@@ -14,7 +14,7 @@ import socketio
 
 from bisik.client._errors import NotConnected
 from bisik.crypto import auth_payload
-from bisik.proto import ErrorCode, ProtocolError
+from bisik.proto import ErrorCode, ProtocolError, SocketPacket
 
 log = logging.getLogger("bisik.client.transport")
 
@@ -79,6 +79,7 @@ class Transport:
             reconnection_delay=0.5,
             reconnection_delay_max=5,
             handle_sigint=False,
+            serializer=SocketPacket,
         )
         self.last_connect_error: ProtocolError | None = None
         self.sio.on("connect_error", self._on_connect_error)

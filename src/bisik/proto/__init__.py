@@ -72,6 +72,7 @@ from bisik.proto._models import (
     VapidKey,
     validate_username,
 )
+from bisik.proto._packet import SocketPacket
 
 __all__ = [
     "MAX_BACKUP_BYTES",
@@ -142,6 +143,7 @@ __all__ = [
     "SendResult",
     "Settings",
     "SignedKey",
+    "SocketPacket",
     "SyncRequest",
     "SyncResult",
     "TokenRequest",

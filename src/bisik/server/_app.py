@@ -12,6 +12,7 @@ import socketio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 
+from bisik.proto import SocketPacket
 from bisik.server._config import ServerConfig
 from bisik.server._db import create_engine, migrate
 from bisik.server._limits import RateLimitMiddleware
@@ -65,6 +66,7 @@ def create_app(config: ServerConfig) -> Any:
         ping_timeout=config.ping_timeout_s,
         logger=False,
         engineio_logger=False,
+        serializer=SocketPacket,
     )
     notifier.sio = sio
     namespace = BisikNamespace(services)
