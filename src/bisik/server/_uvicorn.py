@@ -14,25 +14,29 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 
 class _Waiters:
     """Futures parked until woken, in the order they started waiting; no list
-    at all while nobody waits."""
+    at all while nobody waits.
+
+    A waiter awaits ``_waiter()`` itself and calls ``_discard`` after: a coroutine
+    doing both would be one more suspended frame for every idle connection.
+    """
 
     __slots__ = ("_waiters",)
 
     def __init__(self) -> None:
         self._waiters: list[asyncio.Future[None]] | None = None
 
-    async def _park(self) -> None:
+    def _waiter(self) -> asyncio.Future[None]:
         waiter = asyncio.get_running_loop().create_future()
         if self._waiters is None:
             self._waiters = []
         self._waiters.append(waiter)
-        try:
-            await waiter
-        finally:
-            if self._waiters is not None and waiter in self._waiters:
-                self._waiters.remove(waiter)
-                if not self._waiters:
-                    self._waiters = None
+        return waiter
+
+    def _discard(self, waiter: asyncio.Future[None]) -> None:
+        if self._waiters is not None and waiter in self._waiters:
+            self._waiters.remove(waiter)
+            if not self._waiters:
+                self._waiters = None
 
     def _wake(self) -> None:
         waiters, self._waiters = self._waiters, None
@@ -68,7 +72,11 @@ class _Inbox(_Waiters):
 
     async def get(self) -> Any:
         while not self._items:
-            await self._park()
+            waiter = self._waiter()
+            try:
+                await waiter
+            finally:
+                self._discard(waiter)
         item = self._items.pop(0)
         if self._items:
             self._wake()  # another reader may be waiting for what is left
@@ -100,17 +108,11 @@ class _Flag(_Waiters):
 
     async def wait(self) -> bool:
         if not self._is_set:
-            await self._park()
-        return True
-        waiter = asyncio.get_running_loop().create_future()
-        if self._waiters is None:
-            self._waiters = []
-        self._waiters.append(waiter)
-        try:
-            await waiter
-        finally:
-            if self._waiters is not None and waiter in self._waiters:
-                self._waiters.remove(waiter)
+            waiter = self._waiter()
+            try:
+                await waiter
+            finally:
+                self._discard(waiter)
         return True
 
 

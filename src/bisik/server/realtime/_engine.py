@@ -6,8 +6,9 @@ task blocked on it, a reader task per incoming packet wrapped in ``wait_for``
 (another task and a timer), a ping task asleep for ``ping_interval``, and an
 environ holding a class object built per request plus every header decoded
 again. Here an idle socket has no task of its own (the one reading it is the
-connection's ASGI task), one timer, and a list of packets to send that a writer
-task drains only while there is something in it.
+connection's ASGI task), no timer of its own (one :class:`_Heartbeat` per server
+pings them all), and a list of packets to send that a writer task drains only
+while there is something in it.
 
 The protocol is engineio's, unchanged: the server pings every ``ping_interval``
 and closes a socket whose pong does not arrive within ``ping_timeout``.
@@ -16,7 +17,9 @@ and closes a socket whose pong does not arrive within ``ping_timeout``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
 import time
 from typing import Any
 
@@ -40,6 +43,11 @@ _ENVIRON_HEADERS = {
 
 # Tasks closing a socket from a timer callback: referenced until they finish.
 _closing: set[asyncio.Task[None]] = set()
+
+# The heartbeat wakes up at most once per slot of this many seconds, for every
+# socket whose ping or pong deadline falls in it: a ping or a timeout comes up to
+# this much late, never early.
+_TICK_S = 0.05
 
 
 async def _translate_request(scope: dict[str, Any], receive: Any, send: Any) -> dict[str, Any]:
@@ -94,10 +102,9 @@ class LeanSocket(async_socket.AsyncSocket):  # type: ignore[misc]
         self.closing = False
         self.closed = False
         self.session: dict[str, Any] = {}
-        self._ws: Any = None
+        self._asgi_send: Any = None  # the websocket's, once accepted
         self._outbox: list[packet.Packet] = []
         self._writer: asyncio.Task[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
 
     # Sending: packets wait in ``_outbox``; a writer task exists only while it is not empty,
     # so a slow client never holds up whoever emits to it.
@@ -109,32 +116,40 @@ class LeanSocket(async_socket.AsyncSocket):  # type: ignore[misc]
 
     def _enqueue(self, pkt: packet.Packet) -> None:
         self._outbox.append(pkt)
-        if self._ws is not None and self._writer is None:
+        if self._asgi_send is not None and self._writer is None:
             self._writer = asyncio.ensure_future(self._write())
 
     async def _write(self) -> None:
-        ws = self._ws
+        send = self._asgi_send
         try:
             while self._outbox:
                 batch, self._outbox = self._outbox, []
                 for pkt in batch:
-                    await ws.send(pkt.encode())
+                    data = pkt.encode()
+                    if isinstance(data, bytes):
+                        await send({"type": "websocket.send", "bytes": data, "text": None})
+                    else:
+                        await send({"type": "websocket.send", "bytes": None, "text": data})
                     if pkt.packet_type == packet.CLOSE:
                         # Server-side close: end the transport now rather than wait for the client.
                         self._outbox = []
-                        await ws.close()
+                        await self._close_websocket()
                         return
         except Exception:  # the connection is gone; the reader sees it too
             self._outbox = []
-            await ws.close()
+            await self._close_websocket()
         finally:
             self._writer = None
+
+    async def _close_websocket(self) -> None:
+        with contextlib.suppress(Exception):  # already closed
+            await self._asgi_send({"type": "websocket.close"})
 
     async def close(self, wait: bool = True, abort: bool = False, reason: Any = None) -> None:
         if self.closed or self.closing:
             return
         self.closing = True
-        self._cancel_timer()
+        self.server._heartbeat.forget(self)
         await self.server._trigger_event(
             "disconnect", self.sid, reason or self.server.reason.SERVER_DISCONNECT, run_async=False
         )
@@ -145,24 +160,24 @@ class LeanSocket(async_socket.AsyncSocket):  # type: ignore[misc]
         if wait and writer is not None:
             await asyncio.shield(writer)
 
-    # Heartbeat: one timer, either until the next ping or until its pong is overdue.
+    # Heartbeat: the server's _Heartbeat calls _send_ping when the next ping is due,
+    # then _pong_overdue if no pong came within the timeout.
 
     def schedule_ping(self) -> None:
         # Called at connect and on every pong (as engineio's): the next ping after the interval.
         if self.last_ping:
             self.last_ping = None
-            self._set_timer(self.server.ping_interval, self._send_ping)
+            self.server._heartbeat.ping_later(self)
 
-    def _send_ping(self) -> None:
-        self._timer = None
+    def _send_ping(self) -> bool:
+        """Returns: whether a ping went out (and a pong is now awaited)."""
         if self.closing or self.closed:
-            return
+            return False
         self.last_ping = time.time()
         self._enqueue(packet.Packet(packet.PING))
-        self._set_timer(self.server.ping_timeout, self._pong_overdue)
+        return True
 
     def _pong_overdue(self) -> None:
-        self._timer = None
         if self.last_ping is None or self.closing or self.closed:
             return
         task = asyncio.ensure_future(self._timed_out())
@@ -185,59 +200,136 @@ class LeanSocket(async_socket.AsyncSocket):  # type: ignore[misc]
             return
         log.debug("no pong within the ping timeout: closing the socket")
         await self.close(wait=False, abort=True, reason=self.server.reason.PING_TIMEOUT)
-        if self._ws is not None:
-            await self._ws.close()
-
-    def _set_timer(self, delay: float, callback: Any) -> None:
-        self._cancel_timer()
-        self._timer = asyncio.get_running_loop().call_later(delay, callback)
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._asgi_send is not None:
+            await self._close_websocket()
 
     # Receiving: the connection's ASGI task reads the websocket itself.
 
     async def handle_get_request(self, environ: dict[str, Any]) -> Any:
-        connections = [s.strip() for s in environ.get("HTTP_CONNECTION", "").lower().split(",")]
-        if "upgrade" in connections and environ.get("HTTP_UPGRADE", "").lower() == "websocket":
-            return await self._upgrade_websocket(environ)
-        # Unreachable through handle_request, which checks the upgrade before connecting.
-        await self.close(wait=False, abort=True)
-        return self.server._bad_request("Invalid websocket upgrade")
+        """The websocket's whole life: accept it, then read packets until it ends.
 
-    async def _websocket_handler(self, ws: Any) -> None:
+        engineio's goes through ``_upgrade_websocket``, its ASGI ``WebSocket``
+        wrapper (``__call__`` and ``wait``) and ``_websocket_handler``: an object
+        and four more coroutine frames that every idle connection held suspended.
+        """
+        connections = [s.strip() for s in environ.get("HTTP_CONNECTION", "").lower().split(",")]
+        if "upgrade" not in connections or environ.get("HTTP_UPGRADE", "").lower() != "websocket":
+            # Unreachable through handle_request, which checks the upgrade before connecting.
+            await self.close(wait=False, abort=True)
+            return self.server._bad_request("Invalid websocket upgrade")
+        receive = environ["asgi.receive"]
+        self._asgi_send = environ["asgi.send"]
+        await self._asgi_send({"type": "websocket.accept"})
         self.connected = True
         self.upgraded = True
-        self._ws = ws
         if self._outbox and self._writer is None:
             self._writer = asyncio.ensure_future(self._write())
         limit = self.server.max_http_buffer_size
-        while True:
-            try:
-                data = await ws.wait()
-            except Exception:  # OSError on disconnect; anything else alike
-                break
-            if data is None or len(data) > limit:
-                break
-            try:
-                await self.receive(packet.Packet(encoded_packet=data))
-            except exceptions.UnknownPacketError:
-                pass
-            except exceptions.SocketIsClosedError:
-                break
-            except (ValueError, IndexError, TypeError):
-                log.info("closed a websocket that sent an undecodable Engine.IO packet")
-                break
-            except Exception:
-                log.exception("unexpected error in an Engine.IO packet handler")
-        self._cancel_timer()
+        try:
+            while True:
+                try:
+                    event = await receive()
+                except Exception:  # OSError on disconnect; anything else alike
+                    break
+                if event["type"] != "websocket.receive":
+                    break
+                data = event.get("bytes")
+                if data is None:
+                    data = event.get("text")
+                if data is None or len(data) > limit:
+                    break
+                try:
+                    await self.receive(packet.Packet(encoded_packet=data))
+                except exceptions.UnknownPacketError:
+                    pass
+                except exceptions.SocketIsClosedError:
+                    break
+                except (ValueError, IndexError, TypeError):
+                    log.info("closed a websocket that sent an undecodable Engine.IO packet")
+                    break
+                except Exception:
+                    log.exception("unexpected error in an Engine.IO packet handler")
+        finally:
+            self.server._heartbeat.forget(self)
         writer = self._writer
         if writer is not None:
             await asyncio.gather(writer, return_exceptions=True)
-        await ws.close()
+        await self._close_websocket()
         await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
+        return ""
+
+
+def _take_due(deadlines: dict[LeanSocket, float], now: float) -> list[LeanSocket]:
+    """Remove and return the sockets at the front of ``deadlines`` that are due by ``now``."""
+    due = []
+    for s, deadline in deadlines.items():
+        if deadline > now:
+            break
+        due.append(s)
+    for s in due:
+        del deadlines[s]
+    return due
+
+
+class _Heartbeat:
+    """Every socket's pings on one timer per server, instead of a ``call_later`` per
+    socket (a TimerHandle, a bound method and a context: ~0.46 KB each).
+
+    A socket waits in ``_pings`` until its next ping is due, then in ``_pongs``
+    until its pong is overdue; in neither once closed. Each maps sockets to
+    deadlines on the loop's clock, each deadline that clock plus the same delay:
+    insertion order is deadline order, so a tick reads only the due entries at
+    the front, and a socket is taken out in O(1).
+    """
+
+    __slots__ = ("_interval", "_loop", "_pings", "_pongs", "_timeout", "_timer", "_timer_at")
+
+    def __init__(self, interval: float, timeout: float) -> None:
+        self._interval = interval
+        self._timeout = timeout
+        self._pings: dict[LeanSocket, float] = {}
+        self._pongs: dict[LeanSocket, float] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+
+    def ping_later(self, s: LeanSocket) -> None:
+        """Ping ``s`` after the interval (at connect, and on each pong)."""
+        self.forget(s)  # then in at the end, where its deadline belongs
+        loop = asyncio.get_running_loop()
+        self._pings[s] = deadline = loop.time() + self._interval
+        self._arm(loop, deadline)
+
+    def forget(self, s: LeanSocket) -> None:
+        self._pings.pop(s, None)
+        self._pongs.pop(s, None)
+
+    def __len__(self) -> int:
+        return len(self._pings) + len(self._pongs)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        at = math.ceil(deadline / _TICK_S) * _TICK_S
+        if self._timer is not None:
+            if self._loop is loop and self._timer_at <= at:
+                return
+            self._timer.cancel()
+        self._loop = loop
+        self._timer_at = at
+        self._timer = loop.call_at(at, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        # The loop may run a timer a clock tick early: what was due by then is due.
+        now = max(loop.time(), self._timer_at)
+        for s in _take_due(self._pings, now):
+            if s._send_ping():
+                self._pongs[s] = now + self._timeout
+        for s in _take_due(self._pongs, now):
+            s._pong_overdue()
+        fronts = [next(iter(d.values())) for d in (self._pings, self._pongs) if d]
+        if fronts:
+            self._arm(loop, min(fronts))
 
 
 class LeanEngineServer(engineio.AsyncServer):  # type: ignore[misc]
@@ -247,6 +339,7 @@ class LeanEngineServer(engineio.AsyncServer):  # type: ignore[misc]
         if kwargs.get("transports") != ["websocket"]:
             raise ValueError("LeanEngineServer serves the websocket transport only")
         super().__init__(**kwargs)
+        self._heartbeat = _Heartbeat(self.ping_interval, self.ping_timeout)
         # A copy: the driver's dict is shared by every engineio server in the process.
         driver: dict[str, Any] = dict(self._async)  # type: ignore[has-type]
         self._async = dict(driver, translate_request=_translate_request)
