@@ -427,7 +427,7 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
                     fetch = asyncio.ensure_future(self._sync_page(int(envelopes[-1]["id"])))
                     # Opening a page does not yield: the request goes out first.
                     await self._transport.flushed()
-                total += await self._handle_envelopes(envelopes)
+                total += await self._handle_envelopes(envelopes, confirm=True)
                 if not more or not envelopes:
                     break
         finally:
@@ -447,8 +447,11 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
         page = await self._transport.call("sync", {"after": after, "limit": SYNC_PAGE})
         return list(page["envelopes"]), bool(page["more"])
 
-    async def _handle_envelopes(self, envelopes: list[dict[str, Any]]) -> int:
-        """Open envelopes in order and acknowledge the ones that are done.
+    async def _handle_envelopes(
+        self, envelopes: list[dict[str, Any]], *, confirm: bool = False
+    ) -> int:
+        """Open envelopes in order and acknowledge the ones that are done
+        (``confirm``: the sync waits for the server's answer to each ack).
 
         Runs of envelopes are opened in one local transaction (one durable
         commit per run instead of per envelope); a group message whose key or
@@ -487,17 +490,21 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
                     at += 1
         finally:
             if done and self._transport.connected:
-                ack = asyncio.get_running_loop().create_task(self._ack(done))
+                ack = asyncio.get_running_loop().create_task(self._ack(done, confirm))
                 self._acks.add(ack)
                 ack.add_done_callback(self._acks.discard)
             self._schedule_delivered_receipts()
         return received
 
-    async def _ack(self, ids: list[int]) -> None:
+    async def _ack(self, ids: list[int], confirm: bool) -> None:
         """Let the server delete envelopes that are opened and stored. One that
-        is lost comes again and is skipped (``is_processed``)."""
+        is lost comes again and is skipped (``is_processed``), so an ack for
+        pushed envelopes does not ask for an answer."""
         with contextlib.suppress(NotConnected, ProtocolError):
-            await self._transport.call("ack", {"ids": ids})
+            if confirm:
+                await self._transport.call("ack", {"ids": ids})
+            else:
+                await self._transport.tell("ack", {"ids": ids})
 
     def _schedule_delivered_receipts(self) -> None:
         """Delivered receipts wait ``RECEIPT_DELAY_S``, so a burst of messages is
