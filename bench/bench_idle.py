@@ -21,7 +21,8 @@ browsers do (the SDK's Socket.IO client does not).
 
 Measured, per count (cumulative: 1,000 then 4,000 more, ...): the server
 process's RSS before the first connection and with all of them open and idle
-(after a settle delay), divided by the number of connections. Then the server is
+(after a settle delay), divided by the number of connections; then the server's
+CPU over 30 s with all of them idle (heartbeats only). Then the server is
 restarted (SIGTERM, same data) and every client reconnects at once with the
 access token it holds, as ``bisik.client``'s transport does while the token is
 fresh (it signs in again only if the server refuses it): the time until all are
@@ -53,6 +54,8 @@ from bench_latency import ServerProcess
 from bisik.crypto import IdentityKey, auth_payload, b64encode, device_payload
 
 SETTLE_S = 2.0
+# Long enough to span a full ping interval (25 s) of every socket.
+IDLE_CPU_S = 30.0
 CONCURRENCY = 64  # connection attempts in flight at once (sign-ins included)
 
 
@@ -262,6 +265,15 @@ async def run_kind(
                     f"(server CPU {cpu:.1f} s)"
                 )
 
+            # Idle: only heartbeats (a ping every ping interval, 25 s on both servers).
+            cpu0 = proc_cpu_seconds(server.pid)
+            await asyncio.sleep(IDLE_CPU_S)
+            idle_pct = (proc_cpu_seconds(server.pid) - cpu0) / IDLE_CPU_S * 100
+            out["idle_cpu_pct"] = idle_pct
+            print(
+                f"  [{kind}] {len(sockets)} sockets idle for {IDLE_CPU_S:.0f} s: server CPU "
+                f"{idle_pct:.2f}% of a core"
+            )
             if skip_reconnect:
                 return out
             # Restart: every client reconnects at once, with its token (as the SDK).
@@ -305,6 +317,11 @@ async def run(args: argparse.Namespace) -> None:
             f"{bisik[key]:.1f} KiB" if bisik else "skipped",
             baseline=f"{node[key]:.1f} KiB" if node else None,
         )
+    summary_line(
+        f"server CPU with {max(args.counts)} idle connections",
+        f"{bisik['idle_cpu_pct']:.2f}% core" if bisik else "skipped",
+        baseline=f"{node['idle_cpu_pct']:.2f}% core" if node else None,
+    )
     if args.skip_reconnect:
         return
     summary_line(

@@ -90,8 +90,9 @@ def _server(interval: float, timeout: float) -> tuple[LeanEngineServer, list[str
         ping_timeout=timeout,
         cors_allowed_origins=[],
     )
-    # No engineio service task: it would drop silent sockets too, and this tests the heartbeat.
-    server.start_service_task = False
+    # No engineio service task (LeanEngineServer never starts one): the heartbeat alone
+    # pings and drops silent sockets.
+    assert server.start_service_task is False
     reasons: list[str] = []
 
     @server.on("connect")
@@ -130,6 +131,8 @@ async def test_heartbeat_pings_every_interval_while_pongs_come_back() -> None:
         await asyncio.wait_for(asyncio.gather(*tasks), 1)
     assert reasons == [server.reason.TRANSPORT_CLOSE] * 5
     assert len(server._heartbeat) == 0  # closed sockets leave the heartbeat
+    assert server.sockets == {}  # and the server's map, without a service task
+    assert server.service_task_handle is None
     await server.shutdown()
 
 

@@ -338,7 +338,10 @@ class LeanEngineServer(engineio.AsyncServer):  # type: ignore[misc]
     def __init__(self, **kwargs: Any) -> None:
         if kwargs.get("transports") != ["websocket"]:
             raise ValueError("LeanEngineServer serves the websocket transport only")
-        super().__init__(**kwargs)
+        # No engineio service task: it re-checked every socket's ping timeout
+        # (ping_timeout / N apart: 250 wake-ups a second at 5,000 sockets), which
+        # the heartbeat does, and dropped closed sockets, which _handle_connect does.
+        super().__init__(**{**kwargs, "monitor_clients": False})
         self._heartbeat = _Heartbeat(self.ping_interval, self.ping_timeout)
         # A copy: the driver's dict is shared by every engineio server in the process.
         driver: dict[str, Any] = dict(self._async)  # type: ignore[has-type]
@@ -347,10 +350,7 @@ class LeanEngineServer(engineio.AsyncServer):  # type: ignore[misc]
     async def _handle_connect(
         self, environ: dict[str, Any], transport: str, jsonp_index: int | None = None
     ) -> Any:
-        # engineio's, minus the polling branch, with LeanSocket for AsyncSocket.
-        if self.start_service_task:  # type: ignore[has-type]
-            self.start_service_task = False
-            self.service_task_handle = self.start_background_task(self._service_task)
+        # engineio's, minus the polling branch and the service task, with LeanSocket.
         sid = self.generate_id()
         s = LeanSocket(self, sid)
         self.sockets[sid] = s
