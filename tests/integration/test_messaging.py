@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import func, select
 
 from bisik.client import (
     Client,
@@ -15,6 +16,7 @@ from bisik.client import (
     MessageSent,
     ProtocolError,
 )
+from bisik.server.stores.schema import devices, envelopes
 from tests.conftest import PASSWORD, ClientFactory, RunningServer, next_event
 
 
@@ -49,6 +51,37 @@ async def test_offline_delivery_in_order_and_reply(make_client: ClientFactory) -
     assert [m.body for m in bob.history("alice")] == [*texts, "back now"]
     assert [m.direction for m in bob.history("alice")][-2:] == ["in", "out"]
     assert bob.conversations() == [("@alice", "back now")]
+
+
+async def test_pushed_messages_are_acked_even_when_the_client_closes_at_once(
+    make_client: ClientFactory, server: RunningServer
+) -> None:
+    """Acks for pushed envelopes ask for no answer; closing right after a message
+    arrives still gets them to the server, which then holds nothing for bob."""
+    alice = await make_client("alice")
+    bob = await make_client("bob")
+    inbox = bob.subscribe()
+    for i in range(3):
+        await alice.send_text("bob", f"hello {i}")
+    assert await received_bodies(inbox, 3) == [f"hello {i}" for i in range(3)]
+    await bob.close()
+
+    async def held_for_bob() -> int:
+        async with server.services.engine.connect() as conn:
+            rows = await conn.execute(
+                select(func.count())
+                .select_from(
+                    envelopes.join(devices, envelopes.c.recipient_device_pk == devices.c.id)
+                )
+                .where(devices.c.device_id == bob.device_id)
+            )
+            return int(rows.scalar_one())
+
+    for _ in range(50):
+        if await held_for_bob() == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert await held_for_bob() == 0
 
 
 async def test_many_rounds_after_queues_empty(make_client: ClientFactory) -> None:
