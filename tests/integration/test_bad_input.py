@@ -1092,14 +1092,16 @@ async def test_socket_packets_that_do_not_decode(world: World) -> None:
     await assert_alice_to_bob(world)
 
 
-async def test_socket_packet_over_the_size_limit(world: World) -> None:
-    """A packet over max_body_bytes ends that connection (engine.io's own limit), nothing more.
+@pytest.mark.parametrize("size", [MAX_BODY, 5 * MAX_BODY], ids=["engineio", "websocket"])
+async def test_socket_packet_over_the_size_limit(world: World, size: int) -> None:
+    """A packet over max_body_bytes ends that connection, nothing more: engine.io's
+    limit, or the websocket layer's (4x, in bytes) before the frame is buffered.
 
     There is no error code to give: the server refuses to read the packet at all,
     so it never learns the event or its ack id. The client reconnects.
     """
     sock = world.socks["alice"]
-    huge = {**world.bob.envelope(), "padding": "A" * MAX_BODY}
+    huge = {**world.bob.envelope(), "padding": "A" * size}
     await sock.sio.emit("send", {"client_message_id": "oversized", "envelopes": [huge]})
     async with asyncio.timeout(5):
         while sock.sio.connected:

@@ -142,6 +142,6 @@ def run(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         log_level="info" if args.verbose else "warning",
-        **uvicorn_options(),
+        **uvicorn_options(config.max_body_bytes),
     )
     return 0

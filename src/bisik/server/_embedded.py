@@ -54,7 +54,7 @@ class EmbeddedServer:
                 log_level="warning",
                 lifespan="on",
                 timeout_graceful_shutdown=3,
-                **uvicorn_options(),
+                **uvicorn_options(self.config.max_body_bytes),
             )
         )
         self._task = asyncio.create_task(self._server.serve(), name="bisik-server")

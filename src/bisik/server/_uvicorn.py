@@ -158,10 +158,15 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
             self.response = None  # type: ignore[assignment]
 
 
-def uvicorn_options() -> dict[str, Any]:
-    """Keyword arguments for ``uvicorn.run`` / ``uvicorn.Config`` besides the app, host and port."""
+def uvicorn_options(max_message_bytes: int) -> dict[str, Any]:
+    """Keyword arguments for ``uvicorn.run`` / ``uvicorn.Config`` besides the app, host
+    and port; ``max_message_bytes`` is the server's limit (``max_body_bytes``)."""
     return {
         "ws": LeanWebSocketProtocol,
+        # Engine.IO drops a packet over the limit, in characters; the websocket
+        # layer refuses a frame over four times that many bytes (UTF-8) before
+        # buffering it, instead of uvicorn's 16 MiB per connection.
+        "ws_max_size": 4 * max_message_bytes,
         # Engine.IO's own heartbeat (ping_interval / ping_timeout) detects dead
         # clients; a second one at the websocket layer is only more wake-ups.
         "ws_ping_interval": None,

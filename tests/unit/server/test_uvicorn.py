@@ -70,10 +70,11 @@ async def test_flag_holds_waiters_until_set_and_releases_them_in_order() -> None
     assert released == [0, 1, 2]
 
 
-def test_options_name_the_lean_protocol() -> None:
-    options = uvicorn_options()
+def test_options_name_the_lean_protocol_and_bound_frames_by_the_servers_limit() -> None:
+    options = uvicorn_options(1024 * 1024)
     assert options["ws"] is LeanWebSocketProtocol
     assert options["ws_per_message_deflate"] is False
+    assert options["ws_max_size"] == 4 * 1024 * 1024  # not uvicorn's 16 MiB
 
 
 def test_protocol_slots_shadow_nothing_of_uvicorn() -> None:
@@ -86,7 +87,7 @@ async def test_protocol_keeps_uvicorns_attributes_in_slots() -> None:
     async def app(scope: object, receive: object, send: object) -> None:
         pass
 
-    config = Config(app=app, **uvicorn_options())
+    config = Config(app=app, **uvicorn_options(1024 * 1024))
     config.load()
     protocol = LeanWebSocketProtocol(config, ServerState(), {}, asyncio.get_running_loop())
     # Every attribute uvicorn's __init__ sets has a slot: no per-connection dict.
