@@ -38,7 +38,6 @@ import contextlib
 import json
 import resource
 import secrets
-import sys
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -206,11 +205,6 @@ async def run_kind(
     total = max(counts)
     out: dict[str, float] = {}
     if kind == "bisik":
-        # As deployed: ``bisik server`` (its uvicorn options included), not a bare uvicorn.
-        server.command = [
-            *(sys.executable, "-m", "bisik.cli", "server"),
-            *("--host", "127.0.0.1", "--port", str(server.port), "--data", str(server.data_dir)),
-        ]
         print(f"  [bisik] {' '.join(server.command[1:])}")
     await server.start()
     sockets: list[LightSocket] = []

@@ -2,8 +2,8 @@
 
 Run: ``.venv/bin/python bench/bench_latency.py [-n 300] [--burst 1000]``
 
-The server runs in a SEPARATE process (``python -m uvicorn --factory
-_server_app:app``, uvicorn's default loop, i.e. uvloop, SQLite in a temp dir),
+The server runs in a SEPARATE process, as deployed (``python -m bisik.cli
+server``: uvicorn with its lean options and uvloop, SQLite in a temp dir),
 so its event loop does not share a CPU with the clients'. Alice and Bob are
 two ``bisik.client.Client`` profiles (each its own SQLCipher database) in THIS
 process, on one plain asyncio event loop, as an app hosting two accounts would.
@@ -43,7 +43,6 @@ import httpx
 from _common import banner, percentile, proc_cpu_seconds, summary_line
 from bisik.client import Client, Event, KdfParams, MessageReceived, MessageSent
 
-HERE = Path(__file__).resolve().parent
 FAST_KDF = KdfParams(time_cost=1, memory_cost_kib=8192, parallelism=1)
 PASSWORD = "correct horse battery staple"
 TIMEOUT_S = 30.0
@@ -56,7 +55,8 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """``python -m uvicorn --factory _server_app:app`` in a child process."""
+    """``python -m bisik.cli server`` in a child process: the server as deployed
+    (its uvicorn options included), SQLite in ``data_dir``."""
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
@@ -65,27 +65,14 @@ class ServerProcess:
         self.log_path = data_dir / "server.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.command = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
-            "--app-dir",
-            str(HERE),
-            "_server_app:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--log-level",
-            "warning",
-            "--no-access-log",
+            *(sys.executable, "-m", "bisik.cli", "server"),
+            *("--host", "127.0.0.1", "--port", str(self.port), "--data", str(self.data_dir)),
         ]
 
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, BISIK_BENCH_DATA_DIR=str(self.data_dir))
         log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(self.command, env=env, stdout=log, stderr=log)
+        self.proc = subprocess.Popen(self.command, stdout=log, stderr=log)
         log.close()
         async with httpx.AsyncClient(base_url=self.url, timeout=2) as http:
             deadline = time.monotonic() + 30

@@ -3,13 +3,10 @@
 Run: ``.venv/bin/python bench/bench_typing.py [--devices 1000] [--workers 2]
 [--concurrency 50] [--samples 1000] [--serial 200] [--idle 5]``
 
-The server runs in a SEPARATE process (``python -m uvicorn --factory
-_server_app:app``, one uvicorn process, SQLite in a temp dir), with
-``--timeout-keep-alive 30`` (``--server-keep-alive``): with uvicorn's default
-of 5 s, the same as httpx's ``keepalive_expiry``, a client request on an HTTP
-connection idle for about 5 s can meet the server closing it and fail with
-``ReadError`` (``NotConnected`` from the SDK), which a run with many clients
-hits now and then. ``--devices``
+The server runs in a SEPARATE process, as deployed (``python -m bisik.cli
+server``, one uvicorn process, SQLite in a temp dir; the SDK keeps an idle HTTP
+connection at most 2 s, under uvicorn's 5 s keep-alive, so no request races the
+server closing it). ``--devices``
 ``bisik.client.Client`` profiles (each its own SQLCipher database and its own
 Socket.IO connection) are split across ``--workers`` worker processes, each
 with its own asyncio event loop; both members of a conversation live in the
@@ -406,7 +403,6 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="bisik-bench-typing-") as tmp:
         root = Path(tmp)
         server = ServerProcess(root / "server")
-        server.command += ["--timeout-keep-alive", f"{args.server_keep_alive:g}"]
         asyncio.run(server.start())
         procs: list[multiprocessing.process.BaseProcess] = []
         conns: list[Connection] = []
@@ -414,11 +410,6 @@ def run(args: argparse.Namespace) -> int:
         try:
             print(f"server:  separate process pid {server.pid}: {' '.join(server.command[1:])}")
             print(f"         SQLite in {server.data_dir}")
-            if args.server_keep_alive <= 5:
-                print(
-                    "         (keep-alive <= httpx's 5 s keepalive_expiry: requests after ~5 s "
-                    "idle may fail with ReadError)"
-                )
             ctx = multiprocessing.get_context("spawn")
             first = 0
             for i, count in enumerate(counts):
@@ -564,13 +555,6 @@ def main() -> None:
     )
     parser.add_argument(
         "--samples", type=int, default=1000, help="at least this many batched typing samples"
-    )
-    parser.add_argument(
-        "--server-keep-alive",
-        type=float,
-        default=30.0,
-        help="uvicorn --timeout-keep-alive; its default 5 s equals httpx's keepalive_expiry, "
-        "and a request on a connection idle for ~5 s then races the server's close",
     )
     parser.add_argument(
         "--idle", type=float, default=5.0, help="seconds all connected and idle, before typing"
