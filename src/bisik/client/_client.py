@@ -276,8 +276,7 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
             self._worker = None
         if self._acks:
             await asyncio.wait(set(self._acks), timeout=5)
-        if self.connected:
-            await self._transport.flushed()  # acks sent without an answer, on the wire
+        await self._transport.flushed()  # acks sent without an answer, on the wire
         self._signals.close()
         if self._expiry_task is not None:
             self._expiry_task.cancel()

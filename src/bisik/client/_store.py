@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlcipher3
 
@@ -136,9 +136,21 @@ CREATE TABLE IF NOT EXISTS processed_envelopes (
 """
 
 
-# (sender, message_id) pairs bound in one statement (two parameters each).
+# Keys (message ids, or (sender, message_id) pairs) bound in one statement at most.
 _KEYS_PER_STATEMENT = 400
 _KEY_LIST_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, _KEYS_PER_STATEMENT)
+_K = TypeVar("_K")
+
+
+def _key_lists(keys: list[_K]) -> Iterator[list[_K]]:
+    """``keys`` a statement's worth at a time, each padded with its last key to
+    one of a few sizes, so the statements stay in the prepared-statement cache."""
+    for start in range(0, len(keys), _KEYS_PER_STATEMENT):
+        chunk = keys[start : start + _KEYS_PER_STATEMENT]
+        size = next(n for n in _KEY_LIST_SIZES if n >= len(chunk))
+        yield chunk + [chunk[-1]] * (size - len(chunk))
+
+
 # Our messages to one user among some ids (``{}``: that many ``?``).
 _OUR_MESSAGES_TO = (
     "FROM messages WHERE sender = (SELECT value FROM meta WHERE key = 'username') "
@@ -444,15 +456,12 @@ class LocalStore:
         """Record receipts for our own messages; returns the ids that were ours."""
         # States only move forward: sent -> delivered -> read.
         earlier = {"delivered": ("sent", "sent"), "read": ("sent", "delivered")}.get(kind)
-        ours: list[str] = []
         message_ids = list(dict.fromkeys(message_ids))
-        for start in range(0, len(message_ids), _KEYS_PER_STATEMENT):
-            chunk = message_ids[start : start + _KEYS_PER_STATEMENT]
-            size = next(n for n in _KEY_LIST_SIZES if n >= len(chunk))
-            mine = _OUR_MESSAGES_TO.format(", ".join("?" * size))
-            params = (f"@{username}", *chunk, *[chunk[-1]] * (size - len(chunk)))
-            found = {str(r[0]) for r in self._exec(f"SELECT id {mine}", params).fetchall()}
-            ours += [m for m in chunk if m in found]
+        found: set[str] = set()
+        for chunk in _key_lists(message_ids):
+            mine = _OUR_MESSAGES_TO.format(", ".join("?" * len(chunk)))
+            params = (f"@{username}", *chunk)
+            found.update(str(r[0]) for r in self._exec(f"SELECT id {mine}", params).fetchall())
             self._exec(
                 f"INSERT OR IGNORE INTO receipts SELECT id, ?, ?, ?, ? {mine}",
                 (username, device_id, kind, now, *params),
@@ -460,7 +469,7 @@ class LocalStore:
             if earlier is not None:
                 advance = "UPDATE messages SET state = ? WHERE state IN (?, ?) AND rowid IN "
                 self._exec(f"{advance}(SELECT rowid {mine})", (kind, *earlier, *params))
-        return ours
+        return [m for m in message_ids if m in found]
 
     def receipts(self, message_id: str) -> list[tuple[str, str, str, int]]:
         """``(username, device_id, kind, at)`` for one of our messages."""
@@ -635,16 +644,11 @@ class LocalStore:
         a few hundred pairs per statement."""
         rows: list[Any] = []
         ordering = f" ORDER BY {order}" if order else ""
-        for start in range(0, len(keys), _KEYS_PER_STATEMENT):
-            chunk = keys[start : start + _KEYS_PER_STATEMENT]
-            # A few statement shapes only (padded with the last key to a power of
-            # two), so they stay in the connection's prepared-statement cache.
-            size = next(n for n in _KEY_LIST_SIZES if n >= len(chunk))
-            chunk += [chunk[-1]] * (size - len(chunk))
+        for chunk in _key_lists(keys):
             where = (
                 "sender = ? AND message_id = ?"
-                if size == 1
-                else f"(sender, message_id) IN (VALUES {', '.join(['(?, ?)'] * size)})"
+                if len(chunk) == 1
+                else f"(sender, message_id) IN (VALUES {', '.join(['(?, ?)'] * len(chunk))})"
             )
             params = tuple(v for key in chunk for v in key)
             rows += self._exec(f"{select} WHERE {where}{ordering}", params).fetchall()

@@ -14,7 +14,7 @@ from bisik.proto import (
 from bisik.server._config import ServerConfig
 from bisik.server.handlers._notifier import Notifier
 from bisik.server.handlers.accounts import verify_signed_keys
-from bisik.server.stores import AccountStore, DeviceHandle, DeviceRow, KeyStore
+from bisik.server.stores import AccountStore, DeviceHandle, KeyStore
 from bisik.server.stores.keys import KeyCounts
 
 # Clients keep 50; the cap stops a device from filling the server with keys.
@@ -41,15 +41,11 @@ class KeysHandler:
         self._notifier = notifier
 
     async def upload(self, device: DeviceHandle, req: UploadKeysRequest) -> KeyCount:
-        if not isinstance(device, DeviceRow):
-            # A socket keeps only the device's handle; uploads are rare enough to load its key.
-            loaded = await self._accounts.get_device_by_pk(device.pk)
-            if loaded is None:
-                raise ProtocolError(
-                    ErrorCode.UNAUTHORIZED, "this device was removed from its account"
-                )
-            device = loaded
-        one_time, fallback = verify_signed_keys(device.ed25519, req.one_time_keys, req.fallback_key)
+        # Callers hold only the device's handle; uploads are rare enough to load its key.
+        row = await self._accounts.get_device_by_pk(device.pk)
+        if row is None:
+            raise ProtocolError(ErrorCode.UNAUTHORIZED, "this device was removed from its account")
+        one_time, fallback = verify_signed_keys(row.ed25519, req.one_time_keys, req.fallback_key)
         held = await self._keys.counts(device.pk)
         if held.one_time + len(one_time) > MAX_STORED_ONE_TIME_KEYS:
             raise ProtocolError(
