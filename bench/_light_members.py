@@ -7,8 +7,8 @@ access token (signed in by the real client that created it) and is a bare
 Engine.IO/Socket.IO connection (``bench_idle.LightSocket``) in this separate
 process, which notes when each group envelope reaches the socket (by the
 message's server sequence number) and acks it as the SDK does (``ack`` with no
-answer asked). What a device does after that, decrypt and store, is measured on
-the few real clients bench_groups.py keeps.
+answer asked, coalesced over ``ACK_DELAY_S``). What a device does after that,
+decrypt and store, is measured on the few real clients bench_groups.py keeps.
 
 Run by bench_groups.py: ``python bench/_light_members.py URL`` with the tokens as
 one JSON list on stdin; prints ``ready N``, then on ``report`` a JSON line
@@ -27,6 +27,7 @@ import uvloop
 import websockets
 
 from bench_idle import LightSocket, raise_nofile
+from bisik.client._client import ACK_DELAY_S
 
 CONCURRENCY = 50
 
@@ -37,6 +38,13 @@ class Member(LightSocket):
     def __init__(self, url: str, arrivals: dict[int, list[float]]) -> None:
         super().__init__(url)
         self.arrivals = arrivals
+        self.unacked: list[int] = []
+        self.acker: asyncio.Task[None] | None = None
+
+    async def _ack_later(self) -> None:
+        await asyncio.sleep(ACK_DELAY_S)
+        ids, self.unacked = self.unacked, []
+        await self.ws.send("42" + json.dumps(["ack", {"ids": ids}]))
 
     async def _pong(self) -> None:
         with contextlib.suppress(websockets.ConnectionClosed):
@@ -50,8 +58,9 @@ class Member(LightSocket):
                     for envelope in envelopes:
                         if envelope.get("group_id"):
                             self.arrivals.setdefault(envelope["seq"], []).append(now)
-                    ids = [envelope["id"] for envelope in envelopes]
-                    await self.ws.send("42" + json.dumps(["ack", {"ids": ids}]))
+                    if not self.unacked:
+                        self.acker = asyncio.create_task(self._ack_later())
+                    self.unacked += [envelope["id"] for envelope in envelopes]
 
 
 async def main(url: str) -> None:

@@ -144,14 +144,23 @@ async def paced_phase(
         )
         start = time.monotonic() + 0.1
         scheduled: dict[str, float] = {}
+        stored: list[asyncio.Task[float]] = []
+
+        async def server_ack(message_id: str, at: float) -> float:
+            await sender.wait_sent(message_id, TIMEOUT_S)
+            return (time.monotonic() - at) * 1e3
+
         for i in range(args.paced):
             at = start + i / args.rate
             await asyncio.sleep(max(0.0, at - time.monotonic()))
-            scheduled[(await sender.send_text(target, f"paced {i}")).id] = at
+            message_id = (await sender.send_text(target, f"paced {i}")).id
+            scheduled[message_id] = at
+            stored.append(asyncio.create_task(server_ack(message_id, at)))
         decrypted: list[float] = []
         for message_id, at in scheduled.items():
             decrypted += [(t - at) * 1e3 for t in await arrivals.wait(message_id, len(real))]
         wall = time.monotonic() - start
+        acked = [await task for task in stored]
         server_cpu = proc_cpu_seconds(server.pid) - server0
         worker_cpu = proc_cpu_seconds(worker.pid) - worker0
         self_cpu = proc_cpu_seconds() - self0
@@ -190,6 +199,10 @@ async def paced_phase(
     print(
         f"    decrypted:      p50 {percentile(decrypted, 50):.1f} ms, "
         f"p99 {percentile(decrypted, 99):.1f} ms (the {len(real)} real clients)"
+    )
+    print(
+        f"    server ack:     p50 {percentile(acked, 50):.1f} ms, "
+        f"p99 {percentile(acked, 99):.1f} ms (stored: send_text -> the sender has the ack)"
     )
     print(
         f"    CPU over {wall:.1f} s: server {server_cpu:.2f} s ({server_cpu / wall:.0%} of a core, "

@@ -72,6 +72,12 @@ log = logging.getLogger("bisik.client")
 MAX_TEXT_BYTES = 16 * 1024
 # How long delivered receipts wait to be coalesced (one per sender per burst).
 RECEIPT_DELAY_S = 0.2
+# How long acks for pushed envelopes wait to be coalesced: a device in a busy
+# group sends one ack per burst, not one per message. An ack only lets the
+# server delete what this device has stored; nothing anyone sees waits for it.
+ACK_DELAY_S = 0.5
+# Envelope ids per ack (the server's maximum).
+ACK_MAX = 1000
 # Envelopes per sync request (the server's maximum).
 SYNC_PAGE = 500
 # Outbox items per send_many frame, and the ciphertext bytes in one (well under
@@ -117,6 +123,9 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
         # Acks on their way to the server: the worker opens the next envelopes
         # meanwhile (an unacked envelope comes again and is skipped as processed).
         self._acks: set[asyncio.Task[None]] = set()
+        # Pushed envelopes opened and stored whose ack waits ``ACK_DELAY_S``.
+        self._unacked: list[int] = []
+        self._ack_timer: asyncio.TimerHandle | None = None
         self._worker: asyncio.Task[None] | None = None
         self._closing = False
         self._subscribers: list[asyncio.Queue[Event]] = []
@@ -274,6 +283,7 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
             self._worker.cancel()
             await asyncio.wait([self._worker], timeout=5)
             self._worker = None
+        self._flush_acks()
         if self._acks:
             await asyncio.wait(set(self._acks), timeout=5)
         await self._transport.flushed()  # acks sent without an answer, on the wire
@@ -437,6 +447,7 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
                 with contextlib.suppress(BaseException):
                     await fetch
         # Synced means the server holds nothing this device has opened.
+        self._flush_acks()
         if self._acks:
             await asyncio.wait(set(self._acks))
         if connection != self._connection:
@@ -491,11 +502,34 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
                     at += 1
         finally:
             if done and self._transport.connected:
-                ack = asyncio.get_running_loop().create_task(self._ack(done, confirm))
-                self._acks.add(ack)
-                ack.add_done_callback(self._acks.discard)
+                if confirm:
+                    self._start_ack(done, confirm=True)
+                else:
+                    self._unacked += done
+                    if len(self._unacked) >= ACK_MAX:
+                        self._flush_acks()
+                    elif self._ack_timer is None:
+                        self._ack_timer = asyncio.get_running_loop().call_later(
+                            ACK_DELAY_S, self._flush_acks
+                        )
             self._schedule_delivered_receipts()
         return received
+
+    def _flush_acks(self) -> None:
+        """Send the acks that wait to be coalesced (dropped if disconnected: the
+        server sends those envelopes again, and they are skipped as processed)."""
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
+        ids, self._unacked = self._unacked, []
+        if self._transport.connected:
+            for start in range(0, len(ids), ACK_MAX):
+                self._start_ack(ids[start : start + ACK_MAX], confirm=False)
+
+    def _start_ack(self, ids: list[int], *, confirm: bool) -> None:
+        ack = asyncio.get_running_loop().create_task(self._ack(ids, confirm))
+        self._acks.add(ack)
+        ack.add_done_callback(self._acks.discard)
 
     async def _ack(self, ids: list[int], confirm: bool) -> None:
         """Let the server delete envelopes that are opened and stored. One that

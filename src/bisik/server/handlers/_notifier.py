@@ -15,6 +15,12 @@ class Notifier(Protocol):
         """Several envelopes for one device, in order, in one push."""
         ...
 
+    async def deliver_copies(self, copies: list[tuple[int, int]], envelope: Envelope) -> None:
+        """The same envelope to many devices, each copy with its own envelope id,
+        as ``(device_pk, envelope_id)`` (a group message; ``envelope.id`` is
+        not used)."""
+        ...
+
     async def keys_low(self, device_pk: int, count: int) -> None: ...
 
     async def devices_changed(self, username: str) -> None:

@@ -184,8 +184,9 @@ class MessagesHandler:
             group_body=req.body,
             expires_at=None if req.ttl_ms is None else now + req.ttl_ms,
         )
-        for row in stored.envelopes:
-            await self._notifier.deliver(row.recipient_pk, _envelope(row))
+        if stored.envelopes:  # one message: the copies differ in their id only
+            copies = [(row.recipient_pk, row.id) for row in stored.envelopes]
+            await self._notifier.deliver_copies(copies, _envelope(stored.envelopes[0]))
         if not stored.duplicate:
             self._push.notify(stored.push)
         return SendResult(seq=stored.seq, ts=stored.ts, duplicate=stored.duplicate)

@@ -6,6 +6,7 @@ the concerns stay in their own modules and register their events here.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterable
@@ -60,6 +61,25 @@ class SocketNotifier:
         elif envelopes and self.sio is not None:
             data = {"envelopes": [e.model_dump() for e in envelopes]}
             await self.sio.emit("envelopes", data, room=device_room(device_pk))
+
+    async def deliver_copies(self, copies: list[tuple[int, int]], envelope: Envelope) -> None:
+        if self.sio is None:
+            return
+        common = envelope.model_dump(exclude={"id"})
+        if type(self.sio.manager) is not socketio.AsyncManager:
+            # The Redis manager publishes every emit to every server process.
+            for device_pk, envelope_id in copies:
+                data = {"id": envelope_id, **common}
+                await self.sio.emit("envelope", data, room=device_room(device_pk))
+            return
+        # One process: the Socket.IO packet is encoded once, only its id differs
+        # per copy (a 500-member group's fan-out built 499 models and packets).
+        tail = json.dumps(common, separators=(",", ":"))[1:]
+        participants = self.sio.manager.get_participants
+        for device_pk, envelope_id in copies:
+            text = f'2["envelope",{{"id":{envelope_id},{tail}]'
+            for _sid, eio_sid in list(participants("/", device_room(device_pk))):
+                await self.sio.eio.send(eio_sid, text)
 
     async def keys_low(self, device_pk: int, count: int) -> None:
         if self.sio is not None:
