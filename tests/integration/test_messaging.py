@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -16,6 +17,7 @@ from bisik.client import (
     MessageSent,
     ProtocolError,
 )
+from bisik.client import _client as client_module
 from bisik.server.stores.schema import devices, envelopes
 from tests.conftest import PASSWORD, ClientFactory, RunningServer, next_event
 
@@ -66,22 +68,57 @@ async def test_pushed_messages_are_acked_even_when_the_client_closes_at_once(
     assert await received_bodies(inbox, 3) == [f"hello {i}" for i in range(3)]
     await bob.close()
 
-    async def held_for_bob() -> int:
+    assert await held_for(server, bob, settle=True) == 0
+
+
+async def test_pushed_messages_are_acked_once_per_burst(
+    make_client: ClientFactory, server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Messages pushed one by one within ACK_DELAY_S are acked with one ack,
+    which the server gets while bob stays connected."""
+    monkeypatch.setattr(client_module, "ACK_DELAY_S", 3.0)
+    alice = await make_client("alice")
+    bob = await make_client("bob")
+    acks: list[list[int]] = []
+    tell = bob._transport.tell
+
+    async def counting_tell(event: str, data: Any) -> None:
+        if event == "ack":
+            acks.append(list(data["ids"]))
+        await tell(event, data)
+
+    bob._transport.tell = counting_tell  # type: ignore[method-assign]
+    inbox = bob.subscribe()
+    for i in range(5):  # each its own push
+        await alice.send_text("bob", f"one by one {i}")
+        assert await received_bodies(inbox, 1) == [f"one by one {i}"]
+    assert acks == []
+    assert await held_for(server, bob) == 5
+    assert await held_for(server, bob, settle=True) == 0
+    assert bob.connected
+    assert [len(ids) for ids in acks] == [5]
+
+
+async def held_for(server: RunningServer, client: Client, *, settle: bool = False) -> int:
+    """Envelopes the server holds for ``client``'s device (``settle``: polled
+    for up to 5 s until there are none)."""
+
+    async def count() -> int:
         async with server.services.engine.connect() as conn:
             rows = await conn.execute(
                 select(func.count())
                 .select_from(
                     envelopes.join(devices, envelopes.c.recipient_device_pk == devices.c.id)
                 )
-                .where(devices.c.device_id == bob.device_id)
+                .where(devices.c.device_id == client.device_id)
             )
             return int(rows.scalar_one())
 
-    for _ in range(50):
-        if await held_for_bob() == 0:
+    for _ in range(50 if settle else 0):
+        if await count() == 0:
             break
         await asyncio.sleep(0.1)
-    assert await held_for_bob() == 0
+    return await count()
 
 
 async def test_many_rounds_after_queues_empty(make_client: ClientFactory) -> None:

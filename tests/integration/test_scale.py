@@ -59,6 +59,14 @@ async def test_message_crosses_server_nodes_live(tmp_path: Path) -> None:
             assert event.message.body == f"across nodes {i}"
         await bob.send_text("alice", "and back")
         assert (await next_event(a_in, MessageReceived)).message.body == "and back"
+        # A group message's copies are pushed through Redis to the other node too.
+        group = await alice.create_group("across", ["bob"])
+        await alice.send_text(f"#{group.group_id}", "to the group across nodes")
+        event = await next_event(b_in, MessageReceived)
+        assert (event.message.conversation, event.message.body) == (
+            f"#{group.group_id}",
+            "to the group across nodes",
+        )
 
         # bob's node goes away; he reconnects to the other one and gets his backlog.
         await bob.close()
