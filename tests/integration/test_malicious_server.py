@@ -173,3 +173,36 @@ async def test_messages_from_an_impostor_identity_are_held_until_trusted(
     # Only when the user accepts the new key does the held message show.
     await alice.trust_identity("bob")
     assert (await next_event(inbox, MessageReceived)).message.body == "I am bob, honest"
+
+
+async def test_group_keys_skip_a_member_whose_identity_key_was_replaced(
+    make_client: ClientFactory, server: RunningServer
+) -> None:
+    """A group message goes to every member but one whose identity key changed
+    without the sender accepting it: the new session is not shared with any of
+    that member's devices, real or injected (the member lists are read in bulk)."""
+    alice = await make_client("alice")
+    await make_client("bob")
+    carol = await make_client("carol")
+    group = await alice.create_group("trio", ["bob", "carol"])
+    target = f"#{group.group_id}"
+    inbox = carol.subscribe()
+    await alice.send_text(target, "before")
+    assert (await next_event(inbox, MessageReceived)).message.body == "before"
+
+    evil = IdentityKey.generate()
+    async with server.services.engine.begin() as conn:
+        await conn.execute(
+            update(users).where(users.c.username == "bob").values(identity_key=evil.public_key)
+        )
+    await inject_device(server, "bob", evil)
+    alice._devices.forget("bob")
+    with pytest.raises(IdentityKeyChanged):
+        await alice._devices.recipient_devices("bob", refresh=True)
+    assert set(alice._devices.fresh_devices(["bob", "carol"])) == {"carol"}
+
+    await alice.send_text(target, "after the swap")
+    assert (await next_event(inbox, MessageReceived)).message.body == "after the swap"
+    outbound = alice._gdb.outbound(group.group_id)
+    assert outbound is not None
+    assert {ref.split("/")[0] for ref in outbound.shared_with} == {"carol"}

@@ -11,7 +11,7 @@ from typing import Any
 import uvicorn
 
 from bisik.server import ServerConfig, create_app
-from bisik.server._uvicorn import uvicorn_options
+from bisik.server._uvicorn import settle_heap, uvicorn_options
 
 
 def add_parser(sub: Any) -> None:
@@ -137,8 +137,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     logging.getLogger("bisik").setLevel(logging.INFO)
     print(f"bisik server on http://{args.host}:{args.port} (data: {config.data_dir})", flush=True)
+    app = create_app(config)
+    settle_heap()
     uvicorn.run(
-        create_app(config),
+        app,
         host=args.host,
         port=args.port,
         log_level="info" if args.verbose else "warning",

@@ -128,6 +128,26 @@ class DeviceDirectory:
         self._check_identity(username)
         return devices
 
+    def fresh_devices(self, usernames: list[str]) -> dict[str, list[StoredDevice]]:
+        """What ``recipient_devices(u, refresh=True)`` would return without
+        fetching or raising, for many users in a few statements (a group's
+        members): users whose stored list is fresh and whose identity key has
+        not changed. The others are left out; ask ``recipient_devices``."""
+        now = time.monotonic()
+        fresh = [
+            u
+            for u in usernames
+            if (fetched := self._fetched.get(u)) is not None and now - fetched <= DEVICE_LIST_TTL_S
+        ]
+        if not fresh:
+            return {}
+        changed = self._store.identity_changes(fresh)
+        return {
+            u: devices
+            for u, devices in self._store.devices_of_many(fresh).items()
+            if devices and u not in changed
+        }
+
     async def verified_device(self, username: str, device_id: str) -> StoredDevice | None:
         """A sender's device, refreshing the list once if it is not known yet.
 

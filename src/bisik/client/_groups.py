@@ -421,9 +421,12 @@ class GroupsMixin:
     async def _member_devices(self, group: LocalGroup) -> list[StoredDevice]:
         """Every verified device of every member, but this one."""
         devices: list[StoredDevice] = []
+        known = self._devices.fresh_devices([m.username for m in group.members])
         for member in group.members:
             try:
-                found = await self._devices.recipient_devices(member.username, refresh=True)
+                found = known.get(member.username) or await self._devices.recipient_devices(
+                    member.username, refresh=True
+                )
             except IdentityKeyChanged:
                 log.warning("not sharing group keys with %s: identity key changed", member.username)
                 continue

@@ -157,6 +157,15 @@ _OUR_MESSAGES_TO = (
     "AND direction = 'out' AND conversation = ? AND id IN ({})"
 )
 
+# The devices of some users, and which of some users' identity keys changed.
+_DEVICES_OF_USERS = (
+    "SELECT username, device_id, curve25519, ed25519, identity_key FROM devices "
+    "WHERE username IN ({}) ORDER BY username, device_id"
+)
+_CHANGED_IDENTITIES = (
+    "SELECT username FROM identities WHERE changed_to IS NOT NULL AND username IN ({})"
+)
+
 
 @dataclass(frozen=True)
 class StoredDevice:
@@ -371,6 +380,25 @@ class LocalStore:
             (username,),
         ).fetchall()
         return [StoredDevice(*r) for r in rows]
+
+    def devices_of_many(self, usernames: list[str]) -> dict[str, list[StoredDevice]]:
+        """``devices_of`` for several users, a few hundred per statement."""
+        found: dict[str, list[StoredDevice]] = {u: [] for u in usernames}
+        for chunk in _key_lists(usernames):
+            marks = ", ".join("?" * len(chunk))
+            rows = self._exec(_DEVICES_OF_USERS.format(marks), tuple(chunk)).fetchall()
+            for row in rows:
+                found[row[0]].append(StoredDevice(*row))
+        return found
+
+    def identity_changes(self, usernames: list[str]) -> set[str]:
+        """Which of these contacts have a changed identity key not yet accepted."""
+        changed: set[str] = set()
+        for chunk in _key_lists(usernames):
+            marks = ", ".join("?" * len(chunk))
+            rows = self._exec(_CHANGED_IDENTITIES.format(marks), tuple(chunk)).fetchall()
+            changed.update(str(row[0]) for row in rows)
+        return changed
 
     def device(self, username: str, device_id: str) -> StoredDevice | None:
         known = self._device_memo.get((username, device_id))

@@ -7,9 +7,11 @@ pass :func:`uvicorn_options`, so that what is measured is what runs.
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.exceptions import InvalidState
 
 
 class _Waiters:
@@ -148,6 +150,29 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
         writable.set()
         self.writable = writable  # type: ignore[assignment]
 
+    def send_now(self, data: str | bytes) -> bool:
+        """Write one data frame at once if nothing could hold it up (the
+        transport takes more and the connection is open): ``send`` without a
+        task and its coroutines per frame. ``False``: nothing was written, and
+        ``send`` must do it (it waits, or raises for a closed connection)."""
+        if (
+            not self.writable.is_set()
+            or not self.handshake_complete
+            or self.initial_response is not None
+            or self.disconnected
+            or self.close_sent
+        ):
+            return False
+        try:
+            if isinstance(data, bytes):
+                self.conn.send_binary(data)
+            else:
+                self.conn.send_text(data.encode())
+        except InvalidState:
+            return False
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        return True
+
     async def send(self, message: Any) -> None:
         await super().send(message)
         if message.get("type") == "websocket.accept" and self.handshake_complete:
@@ -181,3 +206,17 @@ def uvicorn_options(max_message_bytes: int) -> dict[str, Any]:
         # Longer than any client keeps an idle connection (the SDK: 2 s).
         "timeout_keep_alive": 30,
     }
+
+
+def settle_heap() -> None:
+    """Before serving: freeze what the process holds so far (modules, classes,
+    models, prebuilt statements) out of garbage collection.
+
+    Every full collection walks every tracked object. With the imports alone
+    in the heap, a full collection during a 500-member group's traffic took
+    ~95 ms, once every ~3 s, and each one held up every socket (the group
+    fan-out's p99); frozen, one takes ~13 ms. The frozen objects live as long
+    as the process anyway.
+    """
+    gc.collect()
+    gc.freeze()

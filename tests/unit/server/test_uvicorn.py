@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+from typing import Any
 
 import pytest
+import uvicorn
+import websockets
 from uvicorn import Config
 from uvicorn.server import ServerState
 
-from bisik.server._uvicorn import LeanWebSocketProtocol, _Flag, _Inbox, uvicorn_options
+from bisik.server._uvicorn import (
+    LeanWebSocketProtocol,
+    _Flag,
+    _Inbox,
+    settle_heap,
+    uvicorn_options,
+)
+from tests.conftest import free_port
 
 
 async def test_inbox_hands_items_over_in_order() -> None:
@@ -94,3 +105,52 @@ async def test_protocol_keeps_uvicorns_attributes_in_slots() -> None:
     assert vars(protocol) == {}
     assert protocol.close_timeout == 10.0
     assert isinstance(protocol.queue, _Inbox)
+
+
+async def test_send_now_writes_while_the_socket_takes_it_and_refuses_otherwise() -> None:
+    """``send_now`` writes a frame at once while the transport is writable and the
+    connection open; held-up (a full buffer) or closed, it writes nothing."""
+    results: list[bool] = []
+    done = asyncio.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            return
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        protocol = send.__self__
+        results.append(protocol.send_now("first"))
+        protocol.pause_writing()  # as the transport does when its buffer is full
+        results.append(protocol.send_now("held"))
+        protocol.resume_writing()
+        results.append(protocol.send_now(b"second"))
+        await receive()  # websocket.disconnect
+        results.append(protocol.send_now("after close"))
+        done.set()
+
+    port = free_port()
+    server = uvicorn.Server(
+        Config(app=app, host="127.0.0.1", port=port, lifespan="off", **uvicorn_options(1024))
+    )
+    serving = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            await asyncio.sleep(0.01)
+        async with websockets.connect(f"ws://127.0.0.1:{port}/") as ws:
+            assert await asyncio.wait_for(ws.recv(), 5) == "first"
+            assert await asyncio.wait_for(ws.recv(), 5) == b"second"
+        await asyncio.wait_for(done.wait(), 5)
+        assert results == [True, False, True, False]
+    finally:
+        server.should_exit = True
+        await serving
+
+
+def test_settle_heap_freezes_what_the_process_holds() -> None:
+    gc.unfreeze()
+    try:
+        settle_heap()
+        # At least the imported modules' objects (a server: ~300,000).
+        assert gc.get_freeze_count() > 10_000
+    finally:
+        gc.unfreeze()

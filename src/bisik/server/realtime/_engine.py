@@ -106,8 +106,9 @@ class LeanSocket(async_socket.AsyncSocket):  # type: ignore[misc]
         self._outbox: list[packet.Packet] = []
         self._writer: asyncio.Task[None] | None = None
 
-    # Sending: packets wait in ``_outbox``; a writer task exists only while it is not empty,
-    # so a slow client never holds up whoever emits to it.
+    # Sending: a packet goes out at once while the websocket takes it; otherwise packets
+    # wait in ``_outbox``, and a writer task exists only while it is not empty, so a
+    # slow client never holds up whoever emits to it.
 
     async def send(self, pkt: packet.Packet) -> None:
         if not await self.check_ping_timeout():
@@ -115,6 +116,12 @@ class LeanSocket(async_socket.AsyncSocket):  # type: ignore[misc]
         self._enqueue(pkt)
 
     def _enqueue(self, pkt: packet.Packet) -> None:
+        if self._writer is None and not self._outbox and pkt.packet_type != packet.CLOSE:
+            # Nothing waiting ahead of it: written now if the websocket can take
+            # it without waiting (bisik's uvicorn protocol, ``send_now``).
+            send_now = getattr(getattr(self._asgi_send, "__self__", None), "send_now", None)
+            if send_now is not None and send_now(pkt.encode()):
+                return
         self._outbox.append(pkt)
         if self._asgi_send is not None and self._writer is None:
             self._writer = asyncio.ensure_future(self._write())
