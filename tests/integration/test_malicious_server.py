@@ -50,6 +50,18 @@ async def inject_device(
     return account
 
 
+async def replace_identity(
+    server: RunningServer, username: str
+) -> tuple[IdentityKey, vodozemac.Account]:
+    """The server swaps in its own identity key for the user, and a device signed by it."""
+    evil = IdentityKey.generate()
+    async with server.services.engine.begin() as conn:
+        await conn.execute(
+            update(users).where(users.c.username == username).values(identity_key=evil.public_key)
+        )
+    return evil, await inject_device(server, username, evil)
+
+
 async def test_unsigned_injected_device_gets_nothing(
     make_client: ClientFactory, server: RunningServer
 ) -> None:
@@ -74,12 +86,7 @@ async def test_replaced_identity_key_blocks_sending(
     await alice.send_text("bob", "first contact pins bob's identity key")
 
     # The server swaps in its own identity key for bob and a device signed by it.
-    evil = IdentityKey.generate()
-    async with server.services.engine.begin() as conn:
-        await conn.execute(
-            update(users).where(users.c.username == "bob").values(identity_key=evil.public_key)
-        )
-    await inject_device(server, "bob", evil)
+    evil, _ = await replace_identity(server, "bob")
     alice._devices.forget("bob")
     alice._devices._fetched.clear()
     with pytest.raises(IdentityKeyChanged) as err:
@@ -98,12 +105,7 @@ async def test_messages_from_an_impostor_identity_are_held_until_trusted(
     await bob.send_text("alice", "hi, really bob")
     assert (await next_event(inbox, MessageReceived)).message.body == "hi, really bob"
 
-    evil = IdentityKey.generate()
-    async with server.services.engine.begin() as conn:
-        await conn.execute(
-            update(users).where(users.c.username == "bob").values(identity_key=evil.public_key)
-        )
-    impostor = await inject_device(server, "bob", evil)
+    evil, impostor = await replace_identity(server, "bob")
 
     # The impostor device opens an Olm session to alice with one of her keys.
     token = await bob._transport.token()
@@ -190,12 +192,7 @@ async def test_group_keys_skip_a_member_whose_identity_key_was_replaced(
     await alice.send_text(target, "before")
     assert (await next_event(inbox, MessageReceived)).message.body == "before"
 
-    evil = IdentityKey.generate()
-    async with server.services.engine.begin() as conn:
-        await conn.execute(
-            update(users).where(users.c.username == "bob").values(identity_key=evil.public_key)
-        )
-    await inject_device(server, "bob", evil)
+    await replace_identity(server, "bob")
     alice._devices.forget("bob")
     with pytest.raises(IdentityKeyChanged):
         await alice._devices.recipient_devices("bob", refresh=True)
