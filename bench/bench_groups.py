@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import json
 import os
 import sys
@@ -49,6 +48,7 @@ from pathlib import Path
 
 from _common import banner, fs_type, percentile, proc_cpu_seconds, summary_line
 from bench_latency import FAST_KDF, PASSWORD, TIMEOUT_S, Cpu, ServerProcess
+from bisik._heap import settle_heap
 from bisik.client import Client, MessageReceived
 
 
@@ -122,9 +122,8 @@ async def paced_phase(
         await client.close()
     # This process held 500 clients from the set-up; a sender's device holds
     # one. A full collection walked all of them (0.3-1 s, stalling the sender):
-    # what is left of them is frozen out of collections, as the server does.
-    gc.collect()
-    gc.freeze()
+    # what is left is frozen out of collections, as `bisik chat` does once set up.
+    settle_heap()
     worker = await asyncio.create_subprocess_exec(
         sys.executable,
         str(Path(__file__).with_name("_light_members.py")),

@@ -43,6 +43,7 @@ import uvloop
 from _common import banner, percentile, proc_cpu_seconds, summary_line
 from _node import run_both
 from bench_latency import FAST_KDF, PASSWORD, TIMEOUT_S, ServerProcess, _exchange
+from bisik._heap import settle_heap
 
 DRAIN_S = 10.0
 # An offered load above this multiple of the saturation rate is not run.
@@ -267,6 +268,7 @@ async def _worker(conn: Connection, kind: str, url: str, index: int, args: dict[
             pairs = NodePairs(args["pairs"], args["size"], url, tag)
         t0 = time.perf_counter()
         await pairs.setup()
+        settle_heap()  # as `bisik chat` does once set up
         conn.send(("ready", os.getpid(), time.perf_counter() - t0))
         try:
             while True:

@@ -7,6 +7,7 @@ import contextlib
 import sys
 import threading
 
+from bisik._heap import settle_heap
 from bisik.cli._commands import show_signal
 from bisik.cli._output import Output
 from bisik.client import (
@@ -71,6 +72,7 @@ async def run_chat(client: Client, peer: str, out: Output, *, expect_replies: bo
         seen = None  # offline, or no conversation yet
     if seen is not None:
         show_signal(out, seen)
+    settle_heap()  # set up: from here on the chat runs until /quit
     lines = _stdin_lines(asyncio.get_running_loop())
     sent = 0
     replies = 0

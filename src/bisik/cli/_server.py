@@ -10,8 +10,9 @@ from typing import Any
 
 import uvicorn
 
+from bisik._heap import settle_heap
 from bisik.server import ServerConfig, create_app
-from bisik.server._uvicorn import settle_heap, uvicorn_options
+from bisik.server._uvicorn import uvicorn_options
 
 
 def add_parser(sub: Any) -> None:

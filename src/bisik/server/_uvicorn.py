@@ -7,7 +7,6 @@ pass :func:`uvicorn_options`, so that what is measured is what runs.
 from __future__ import annotations
 
 import asyncio
-import gc
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -206,17 +205,3 @@ def uvicorn_options(max_message_bytes: int) -> dict[str, Any]:
         # Longer than any client keeps an idle connection (the SDK: 2 s).
         "timeout_keep_alive": 30,
     }
-
-
-def settle_heap() -> None:
-    """Before serving: freeze what the process holds so far (modules, classes,
-    models, prebuilt statements) out of garbage collection.
-
-    Every full collection walks every tracked object. With the imports alone
-    in the heap, a full collection during a 500-member group's traffic took
-    ~95 ms, once every ~3 s, and each one held up every socket (the group
-    fan-out's p99); frozen, one takes ~13 ms. The frozen objects live as long
-    as the process anyway.
-    """
-    gc.collect()
-    gc.freeze()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 from typing import Any
 
 import pytest
@@ -16,7 +15,6 @@ from bisik.server._uvicorn import (
     LeanWebSocketProtocol,
     _Flag,
     _Inbox,
-    settle_heap,
     uvicorn_options,
 )
 from tests.conftest import free_port
@@ -144,13 +142,3 @@ async def test_send_now_writes_while_the_socket_takes_it_and_refuses_otherwise()
     finally:
         server.should_exit = True
         await serving
-
-
-def test_settle_heap_freezes_what_the_process_holds() -> None:
-    gc.unfreeze()
-    try:
-        settle_heap()
-        # At least the imported modules' objects (a server: ~300,000).
-        assert gc.get_freeze_count() > 10_000
-    finally:
-        gc.unfreeze()
