@@ -152,7 +152,7 @@ class MessageStore:
             found = [
                 row
                 for start in range(0, len(wanted), CHUNK)
-                for row in conn.execute(_ACK_FIND, {"ids": wanted[start : start + CHUNK]})
+                for row in conn.execute(_ACK_FIND, {"ids": wanted[start : start + CHUNK]}).all()
             ]
             owners = {int(i): int(pk) for i, pk, _ in found}
             message_of = {int(i): int(m) for i, _, m in found}
