@@ -355,6 +355,9 @@ def main() -> None:
         help="where the member profiles live (default /dev/shm: see below)",
     )
     args = parser.parse_args()
+    # Paced: the sender and the member removed in the rotation take no part.
+    if not 1 <= args.real <= args.members - 3:
+        parser.error("--real: at least 1, and at least one member left for the bare sockets")
     banner("bench_groups: one message to every member of a group")
     asyncio.run(run(args))
 
