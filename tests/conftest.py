@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import socketio
 
 from bisik.client import Client, KdfParams
 from bisik.server import EmbeddedServer, ServerConfig, free_port
@@ -159,3 +160,13 @@ async def next_event(queue: asyncio.Queue[Any], kind: type, timeout: float = 10.
             event = await queue.get()
             if isinstance(event, kind):
                 return event
+
+
+async def close_socket_client(sio: socketio.AsyncClient) -> None:
+    """Disconnect a raw Socket.IO client and close its aiohttp session, which
+    Engine.IO leaves open on some paths (a connection the server dropped or
+    refused): garbage-collected later, it fails whichever test runs then."""
+    await sio.disconnect()
+    session = getattr(sio.eio, "http", None)
+    if session is not None and not session.closed:
+        await session.close()

@@ -37,7 +37,7 @@ from bisik.crypto import (
     one_time_key_payload,
 )
 from bisik.server import ServerConfig
-from tests.conftest import ClientFactory, RunningServer, next_event
+from tests.conftest import ClientFactory, RunningServer, close_socket_client, next_event
 
 ServerFactory = Callable[..., Awaitable[RunningServer]]
 
@@ -234,7 +234,7 @@ class Sock:
         return list(ack["envelopes"])
 
     async def close(self) -> None:
-        await self.sio.disconnect()
+        await close_socket_client(self.sio)
 
 
 async def refused(url: str, auth: Any) -> dict[str, Any]:

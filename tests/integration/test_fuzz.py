@@ -36,6 +36,7 @@ from bisik.crypto import b64encode
 from bisik.proto import ErrorCode
 from bisik.server import EmbeddedServer, ServerConfig
 from bisik.server.rest._routes import _API
+from tests.conftest import close_socket_client
 from tests.integration.test_bad_input import Dev, edited, token_request
 
 EXAMPLES = int(os.environ.get("BISIK_FUZZ_EXAMPLES", "60"))
@@ -136,7 +137,7 @@ class Sock:
     def call(self, event: Any, data: Any) -> Any:
         if not self.connected:
             # Only a frame over the size limit ends a connection; the device comes back.
-            self.server.run(self.sio.disconnect())
+            self.server.run(close_socket_client(self.sio))
             self.connect()
         return self.server.run(self.sio.call(event, data, timeout=10))
 
@@ -144,7 +145,7 @@ class Sock:
         self.server.run(self.sio.eio.send(raw))
 
     def close(self) -> None:
-        self.server.run(self.sio.disconnect())
+        self.server.run(close_socket_client(self.sio))
 
 
 class World:
