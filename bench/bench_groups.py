@@ -149,11 +149,13 @@ async def paced_phase(
         )
         start = time.monotonic() + 0.1
         scheduled: dict[str, float] = {}
-        stored: list[asyncio.Task[float]] = []
+        stored: list[asyncio.Task[tuple[float, int]]] = []
 
-        async def server_ack(message_id: str, at: float) -> float:
-            await sender.wait_sent(message_id, TIMEOUT_S)
-            return (time.monotonic() - at) * 1e3
+        async def server_ack(message_id: str, at: float) -> tuple[float, int]:
+            """ms until the sender has the server's ack, and the message's seq."""
+            sent = await sender.wait_sent(message_id, TIMEOUT_S)
+            assert sent.server_seq is not None
+            return (time.monotonic() - at) * 1e3, sent.server_seq
 
         for i in range(args.paced):
             at = start + i / args.rate
@@ -165,15 +167,13 @@ async def paced_phase(
         for message_id, at in scheduled.items():
             decrypted += [(t - at) * 1e3 for t in await arrivals.wait(message_id, len(real))]
         wall = time.monotonic() - start
-        acked = [await task for task in stored]
+        acks = [await task for task in stored]
+        acked = [ms for ms, _ in acks]
+        # Envelopes carry the message's seq: it maps an arrival to its schedule.
+        at_seq = {seq: at for (_, seq), at in zip(acks, scheduled.values(), strict=True)}
         server_cpu = proc_cpu_seconds(server.pid) - server0
         worker_cpu = proc_cpu_seconds(worker.pid) - worker0
         self_cpu = proc_cpu_seconds() - self0
-        at_seq: dict[int, float] = {}
-        for message_id, at in scheduled.items():
-            sent = await sender.wait_sent(message_id, TIMEOUT_S)
-            assert sent.server_seq is not None
-            at_seq[sent.server_seq] = at
         await asyncio.sleep(0.5)  # the last envelopes reach the slowest sockets
         worker.stdin.write(b"report\n")
         await worker.stdin.drain()

@@ -113,6 +113,11 @@ class DeviceDirectory:
         if pinned is not None and pinned[1] is not None:
             raise IdentityKeyChanged(username, pinned[0], pinned[1])
 
+    def _fresh(self, username: str, now: float) -> bool:
+        """The user's device list was fetched within ``DEVICE_LIST_TTL_S``."""
+        fetched = self._fetched.get(username)
+        return fetched is not None and now - fetched <= DEVICE_LIST_TTL_S
+
     async def recipient_devices(self, username: str, *, refresh: bool) -> list[StoredDevice]:
         """The verified devices to encrypt to (fetching if unknown or stale).
 
@@ -120,10 +125,8 @@ class DeviceDirectory:
             IdentityKeyChanged: the user's identity key changed and was not acknowledged.
             ProtocolError: ``unknown_user``.
         """
-        fetched = self._fetched.get(username)
-        stale = fetched is None or time.monotonic() - fetched > DEVICE_LIST_TTL_S
         devices = self._store.devices_of(username)
-        if not devices or (refresh and stale):
+        if not devices or (refresh and not self._fresh(username, time.monotonic())):
             devices = await self._fetch(username)
         self._check_identity(username)
         return devices
@@ -134,11 +137,7 @@ class DeviceDirectory:
         members): users whose stored list is fresh and whose identity key has
         not changed. The others are left out; ask ``recipient_devices``."""
         now = time.monotonic()
-        fresh = [
-            u
-            for u in usernames
-            if (fetched := self._fetched.get(u)) is not None and now - fetched <= DEVICE_LIST_TTL_S
-        ]
+        fresh = [u for u in usernames if self._fresh(u, now)]
         if not fresh:
             return {}
         changed = self._store.identity_changes(fresh)
