@@ -31,7 +31,12 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from bisik.client._errors import ClientError
 from bisik.client._setup import NewDevice, new_device
-from bisik.client._transfer import export_account, identity_secret, import_account
+from bisik.client._transfer import (
+    AccountExport,
+    export_account,
+    identity_secret,
+    import_account,
+)
 from bisik.client._transport import Transport
 from bisik.crypto import (
     CryptoError,
@@ -290,7 +295,7 @@ async def approve_link(
     transport: Transport,
     username: str,
     identity: IdentityKey,
-    export: Callable[[int], dict[str, Any]],
+    export: Callable[[int], AccountExport],
     code_text: str,
     confirm: Confirm,
     history_days: int,
@@ -335,7 +340,7 @@ async def approve_link(
     grant = await transport.request("POST", "/v1/devices/grant")
     await mailbox.write(channel.seal({"type": "approved", "grant": grant["grant"]}))
     # Base64 first: its characters need no escaping inside the sealed JSON.
-    data = base64.b64encode(json.dumps(export(history_days)).encode()).decode()
+    data = base64.b64encode(export(history_days).to_json().encode()).decode()
     chunks = [data[i : i + _PART_CHARS] for i in range(0, len(data), _PART_CHARS)] or [""]
     for index, chunk in enumerate(chunks):
         await mailbox.write(
@@ -348,7 +353,7 @@ async def approve_link(
     return new_device_id
 
 
-def exporter(store: Any) -> Callable[[int], dict[str, Any]]:
+def exporter(store: Any) -> Callable[[int], AccountExport]:
     return lambda days: export_account(store, history_days=days)
 
 

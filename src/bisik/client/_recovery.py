@@ -9,6 +9,7 @@ neither reads it nor hands it to anyone else.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +47,10 @@ def build_backup(store: LocalStore, username: str) -> dict[str, Any] | None:
     key = RecoveryKey.from_text(text)
     data = export_account(store, history_days=BACKUP_HISTORY_DAYS)
     while True:
-        blob = encrypt_backup(key, data, username=username)
-        if len(blob) <= MAX_BACKUP_BYTES or not data["history"]:
+        blob = encrypt_backup(key, data.to_json(), username=username)
+        if len(blob) <= MAX_BACKUP_BYTES or not data.history:
             break
-        data["history"] = data["history"][len(data["history"]) // 4 + 1 :]
+        data = replace(data, history=data.history[len(data.history) // 4 + 1 :])
     return {
         "auth_key": key.auth_public_key(),
         "ciphertext": blob,

@@ -8,7 +8,9 @@ sealed under the recovery key.
 
 from __future__ import annotations
 
+import json
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from bisik.client._models import Message
@@ -20,8 +22,24 @@ MAX_HISTORY_MESSAGES = 20_000
 DAY_MS = 24 * 3600 * 1000
 
 
-def export_account(store: LocalStore, *, history_days: int) -> dict[str, Any]:
-    """Everything a new device of this account needs, as JSON-ready data.
+@dataclass(frozen=True)
+class AccountExport:
+    """The account transfer, its history already JSON (see ``LocalStore.history_since``)."""
+
+    head: dict[str, Any]  # every field but ``history``
+    history: list[str]  # each message's JSON object, oldest first
+
+    def to_json(self) -> str:
+        """The transfer as compact JSON text."""
+        head = json.dumps(self.head, separators=(",", ":"), ensure_ascii=False)
+        return f'{head[:-1]},"history":[{",".join(self.history)}]}}'
+
+    def __repr__(self) -> str:
+        return f"AccountExport(<secret>, {len(self.history)} messages)"
+
+
+def export_account(store: LocalStore, *, history_days: int) -> AccountExport:
+    """Everything a new device of this account needs.
 
     Args:
         history_days: how many days of messages to include (0 for none).
@@ -30,13 +48,11 @@ def export_account(store: LocalStore, *, history_days: int) -> dict[str, Any]:
     recovery = store.get_meta("recovery_key")
     if secret is None:
         raise ValueError("profile has no identity key")
-    history: list[dict[str, Any]] = []
+    history: list[str] = []
     if history_days > 0:
         since = int(time.time() * 1000) - history_days * DAY_MS
-        history = [
-            Message.from_row(r).to_json() for r in store.messages_since(since, MAX_HISTORY_MESSAGES)
-        ]
-    return {
+        history = store.history_since(since, MAX_HISTORY_MESSAGES)
+    head = {
         "v": TRANSFER_VERSION,
         "identity_key": secret,
         "recovery_key": recovery,
@@ -44,8 +60,8 @@ def export_account(store: LocalStore, *, history_days: int) -> dict[str, Any]:
             {"username": u, "identity_key": k, "first_seen": t, "verified": v, "changed_to": c}
             for u, k, t, v, c in store.identities()
         ],
-        "history": history,
     }
+    return AccountExport(head, history)
 
 
 def identity_secret(data: dict[str, Any]) -> bytes:

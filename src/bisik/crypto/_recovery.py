@@ -121,14 +121,14 @@ def _backup_aad(username: str) -> bytes:
     return b"bisik/backup/v1|" + username.encode()
 
 
-def encrypt_backup(key: RecoveryKey, payload: dict[str, Any], *, username: str) -> str:
-    """Encrypt a JSON object for the server-side key backup.
+def encrypt_backup(key: RecoveryKey, payload: str, *, username: str) -> str:
+    """Encrypt a JSON object's text for the server-side key backup.
 
     Returns:
         unpadded base64 of ``0x01 || nonce(12) || AES-256-GCM ciphertext``.
     """
     nonce = os.urandom(_NONCE_LEN)
-    plaintext = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    plaintext = payload.encode()
     sealed = AESGCM(key.backup_key()).encrypt(nonce, plaintext, _backup_aad(username))
     return b64encode(bytes([BACKUP_VERSION]) + nonce + sealed)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from bisik.client._models import Message, new_message_id
+from bisik.client import _store
 from bisik.client._store import LocalStore, StoredDevice
+from bisik.client._transfer import AccountExport
 
 
 @pytest.fixture
@@ -117,3 +120,93 @@ def test_receipts_count_for_our_messages_to_that_user_and_only_move_forward(
         assert store.add_receipt(["s1"], "bob", "B1", "read", 6) == ["s1"]
         store.add_receipt(["s1"], "bob", "B1", "delivered", 7)  # late: no step back
     assert store._exec("SELECT state FROM messages WHERE id = 's1'").fetchone()[0] == "read"
+
+
+def _plans(store: LocalStore, sql: str) -> list[str]:
+    rows = store._exec("EXPLAIN QUERY PLAN " + sql, (None,) * sql.count("?")).fetchall()
+    return [str(r[3]) for r in rows]
+
+
+def test_receipts_and_marking_read_find_messages_by_key_not_by_walking_the_chat(
+    store: LocalStore,
+) -> None:
+    # Each of these ran once per receipt or per message read, and walked the whole
+    # conversation through messages_conversation: a quarter of a busy sender's CPU.
+    mine = _store._OUR_MESSAGES_TO.format("?, ?")
+    statements = [
+        f"SELECT id {mine}",
+        f"INSERT OR IGNORE INTO receipts SELECT id, ?, ?, ?, ? {mine}",
+        f"UPDATE messages SET state = ? WHERE rowid IN (SELECT rowid {mine})",
+        "UPDATE messages SET read_at = ? WHERE conversation = ? AND id = ? "
+        "AND direction = 'in' AND read_at IS NULL RETURNING sender",
+    ]
+    for sql in statements:
+        plan = _plans(store, sql)
+        assert not [p for p in plan if "messages_conversation" in p or p.startswith("SCAN")], (
+            sql,
+            plan,
+        )
+        assert any("(sender=? AND id=?)" in p or "(conversation=? AND id=?)" in p for p in plan)
+
+
+def test_mark_read_marks_each_unread_once_and_starts_disappearing_timers(
+    store: LocalStore,
+) -> None:
+    with store.transaction():
+        for i in range(5):
+            store.insert_message(
+                Message(f"b{i}", "@bob", "bob", "B1", "in", "x", 1, 1, i, "received")
+            )
+        store.insert_message(Message("c0", "@carol", "carol", "C1", "in", "x", 1, 1, 9, "received"))
+        store._exec(
+            "INSERT INTO message_extras (sender, message_id, expires_in, hard_expire_at) "
+            "VALUES ('bob', 'b1', 30, 1000)"
+        )
+    assert store.unread("@bob") == [("bob", f"b{i}") for i in range(5)]
+    with store.transaction():
+        assert store.mark_read("@bob", ["b1", "b3", "b1", "c0", "nope"], 100) == ["b1", "b3"]
+        assert store.mark_read("@bob", ["b1"], 200) == []  # already read
+    assert store.unread("@bob") == [("bob", "b0"), ("bob", "b2"), ("bob", "b4")]
+    assert store.unread_counts() == {"@bob": 3, "@carol": 1}
+    expire_at = store._exec("SELECT expire_at FROM message_extras WHERE message_id = 'b1'")
+    assert expire_at.fetchone()[0] == 130  # min(read at + expires_in, hard_expire_at)
+    with store.transaction():
+        store.mark_all_read(300)
+    assert store.unread_counts() == {} and store.unread("@carol") == []
+
+
+def test_history_for_the_account_transfer_is_the_documented_json(store: LocalStore) -> None:
+    bodies = ['say "hi"\\n', "tab\there\nnew line", "Zoë 🦊 \u2028", "\x01 control", "x" * 300]
+    with store.transaction():
+        for i, body in enumerate(bodies):
+            store.insert_message(
+                Message(f"m{i}", "@bob", "bob", "B1", "in", body, 1000 + i, 2000 + i, i, "received")
+            )
+        store.insert_message(Message("old", "@bob", "me", "D0", "out", "old", 10, 10, 1, "sent"))
+        store.insert_message(
+            Message("p", "@bob", "me", "D0", "out", "p", 5000, 5000, None, "pending")
+        )
+        store.insert_message(Message("gone", "@bob", "me", "D0", "out", "g", 5001, 5001, 2, "sent"))
+        store._exec(
+            "INSERT INTO message_extras (sender, message_id, expires_in) VALUES ('me', 'gone', 5)"
+        )
+    history = [json.loads(text) for text in store.history_since(500, 100)]
+    assert history == [
+        {
+            "id": f"m{i}",
+            "conversation": "@bob",
+            "sender": "bob",
+            "sender_device": "B1",
+            "direction": "in",
+            "body": body,
+            "sent_at": 1000 + i,
+            "received_at": 2000 + i,
+            "server_seq": i,
+            "state": "received",
+        }
+        for i, body in enumerate(bodies)
+    ]  # oldest first; not too old, not pending, not disappearing
+    assert [json.loads(t)["id"] for t in store.history_since(500, 2)] == ["m3", "m4"]
+    transfer = AccountExport({"v": 1, "contacts": []}, store.history_since(500, 2)).to_json()
+    assert json.loads(transfer) == {"v": 1, "contacts": [], "history": history[3:]}
+    assert json.loads(AccountExport({"v": 1}, []).to_json()) == {"v": 1, "history": []}

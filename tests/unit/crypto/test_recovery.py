@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 
@@ -21,6 +22,7 @@ from bisik.crypto import (
 FIXED = RecoveryKey(bytes(range(28)))
 BASE32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 PAYLOAD = {"identity": "c2VjcmV0", "devices": ["a", "b"], "n": 3, "name": "Zoë"}
+PAYLOAD_JSON = json.dumps(PAYLOAD)
 
 
 def test_text_form() -> None:
@@ -114,7 +116,7 @@ def test_auth_signature_verifies_with_public_key() -> None:
 
 def test_backup_round_trip() -> None:
     key = RecoveryKey.generate()
-    blob = encrypt_backup(key, PAYLOAD, username="alice")
+    blob = encrypt_backup(key, PAYLOAD_JSON, username="alice")
     restored = RecoveryKey.from_text(key.to_text())
     assert decrypt_backup(restored, blob, username="alice") == PAYLOAD
     assert b64decode(blob)[0] == 1
@@ -123,21 +125,21 @@ def test_backup_round_trip() -> None:
 
 def test_backup_nonce_is_random() -> None:
     key = RecoveryKey.generate()
-    a = encrypt_backup(key, PAYLOAD, username="alice")
-    b = encrypt_backup(key, PAYLOAD, username="alice")
+    a = encrypt_backup(key, PAYLOAD_JSON, username="alice")
+    b = encrypt_backup(key, PAYLOAD_JSON, username="alice")
     assert a != b
     assert b64decode(a)[1:13] != b64decode(b)[1:13]
 
 
 def test_backup_wrong_key_rejected() -> None:
-    blob = encrypt_backup(RecoveryKey.generate(), PAYLOAD, username="alice")
+    blob = encrypt_backup(RecoveryKey.generate(), PAYLOAD_JSON, username="alice")
     with pytest.raises(BackupDecryptError, match="wrong recovery key"):
         decrypt_backup(RecoveryKey.generate(), blob, username="alice")
 
 
 def test_backup_bound_to_username() -> None:
     key = RecoveryKey.generate()
-    blob = encrypt_backup(key, PAYLOAD, username="alice")
+    blob = encrypt_backup(key, PAYLOAD_JSON, username="alice")
     with pytest.raises(BackupDecryptError):
         decrypt_backup(key, blob, username="mallory")
 
@@ -145,7 +147,7 @@ def test_backup_bound_to_username() -> None:
 @pytest.mark.parametrize("index", [1, 12, 13, 20, -1])
 def test_backup_tampering_rejected(index: int) -> None:
     key = RecoveryKey.generate()
-    raw = bytearray(b64decode(encrypt_backup(key, PAYLOAD, username="alice")))
+    raw = bytearray(b64decode(encrypt_backup(key, PAYLOAD_JSON, username="alice")))
     raw[index] ^= 0x80
     with pytest.raises(BackupDecryptError):
         decrypt_backup(key, b64encode(bytes(raw)), username="alice")
@@ -153,7 +155,7 @@ def test_backup_tampering_rejected(index: int) -> None:
 
 def test_backup_malformed_rejected() -> None:
     key = RecoveryKey.generate()
-    raw = b64decode(encrypt_backup(key, PAYLOAD, username="alice"))
+    raw = b64decode(encrypt_backup(key, PAYLOAD_JSON, username="alice"))
     with pytest.raises(BackupDecryptError, match="version 2"):
         decrypt_backup(key, b64encode(b"\x02" + raw[1:]), username="alice")
     with pytest.raises(BackupDecryptError, match="truncated"):
