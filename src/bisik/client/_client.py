@@ -837,6 +837,8 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
             )
         self._sent_waiters.setdefault(message.id, asyncio.get_running_loop().create_future())
         self._queue.put_nowait(("flush", None))
+        if not any(extras.get(k) for k in ("reply_to", "expires_in", "view_once")):
+            return message  # nothing recorded with it, and no one has reacted to it yet
         return self._with_extras([message])[0]
 
     async def wait_sent(self, message_id: str, timeout: float) -> Message:
@@ -947,11 +949,12 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
                 )
                 self._store.remove_outbox(item.message_id)
         self._backup_dirty = True
-        for item, _ in sent:
-            row = self._store.message(self.username, item.message_id)
+        rows = [self._store.message(self.username, item.message_id) for item, _ in sent]
+        shown = iter(self._with_extras([Message.from_row(row) for row in rows if row is not None]))
+        for (item, _), row in zip(sent, rows, strict=True):
             if row is None:
                 continue
-            message = self._with_extras([Message.from_row(row)])[0]
+            message = next(shown)
             self._emit(MessageSent(message))
             future = self._sent_waiters.pop(item.message_id, None)
             if future is not None and not future.done():

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bisik.client._models import Message, new_message_id
 from bisik.client import _store
+from bisik.client._models import Message, new_message_id
 from bisik.client._store import LocalStore, StoredDevice
 from bisik.client._transfer import AccountExport
 
