@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import update
@@ -22,6 +23,7 @@ from bisik.client import (
     RecoveryError,
     VerificationCode,
 )
+from bisik.client import _account as account_module
 from bisik.crypto import IdentityKey
 from bisik.server.realtime import namespace as namespace_module
 from bisik.server.stores.schema import devices, rendezvous, users
@@ -251,6 +253,36 @@ async def test_recover_the_account_on_a_fresh_device(
         assert bob.is_verified("alice")
     finally:
         await restored.close()
+
+
+async def test_a_large_backup_is_uploaded_again_less_often(
+    make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice = await make_client("alice")
+    uploads: list[int] = []
+    request = alice._transport.request
+
+    async def counted(method: str, path: str, body: Any = None) -> Any:
+        if path == "/v1/backup":
+            uploads.append(len(body["ciphertext"]))
+        return await request(method, path, body)
+
+    monkeypatch.setattr(alice._transport, "request", counted)
+    # At 4 bytes/s of average upload, even this small backup waits more than a minute.
+    monkeypatch.setattr(account_module, "BACKUP_BYTES_PER_S", 4)
+    assert await alice.backup_now()
+    wait_s = uploads[0] / 4
+    assert wait_s > account_module.BACKUP_INTERVAL_S + 10
+
+    alice._backup_dirty = True  # as a new message would
+    alice._backup_at -= account_module.BACKUP_INTERVAL_S + 1  # as if a minute had passed
+    await alice._maybe_backup()
+    assert len(uploads) == 1  # a small backup would have gone now
+    alice._backup_at -= wait_s - account_module.BACKUP_INTERVAL_S
+    await alice._maybe_backup()
+    assert len(uploads) == 2 and not alice._backup_dirty
+    await alice._maybe_backup()  # nothing new: nothing sent
+    assert len(uploads) == 2
 
 
 async def test_pairing_codes_wrong_used_and_expired(

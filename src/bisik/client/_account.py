@@ -25,8 +25,12 @@ from bisik.crypto import (
 )
 from bisik.proto import ProtocolError
 
-# The backup follows changes at most this often (and on close).
+# The backup follows changes at most this often (and on close); a larger one
+# waits longer, so that uploading it again and again averages at most
+# BACKUP_BYTES_PER_S (a full backup of 20,000 messages is ~11 MB: one every
+# ~11 minutes instead of every minute).
 BACKUP_INTERVAL_S = 60.0
+BACKUP_BYTES_PER_S = 16 * 1024
 
 log = logging.getLogger("bisik.client")
 
@@ -41,6 +45,7 @@ class AccountMixin:
     _queue: asyncio.Queue[tuple[str, Any]]
     _backup_dirty: bool
     _backup_at: float
+    _backup_wait_s: float
 
     @property
     def identity_key(self) -> str:
@@ -143,10 +148,11 @@ class AccountMixin:
         await self._transport.request("PUT", "/v1/backup", body)
         self._backup_dirty = False
         self._backup_at = time.monotonic()
+        self._backup_wait_s = max(BACKUP_INTERVAL_S, len(body["ciphertext"]) / BACKUP_BYTES_PER_S)
         return True
 
     async def _maybe_backup(self) -> None:
-        if self._backup_dirty and time.monotonic() - self._backup_at > BACKUP_INTERVAL_S:
+        if self._backup_dirty and time.monotonic() - self._backup_at > self._backup_wait_s:
             try:
                 await self.backup_now()
             except ProtocolError as exc:

@@ -20,7 +20,7 @@ from typing import Any, cast
 import pydantic
 
 from bisik.client import _profile
-from bisik.client._account import AccountMixin
+from bisik.client._account import BACKUP_INTERVAL_S, AccountMixin
 from bisik.client._actions import ActionsMixin
 from bisik.client._attachments import AttachmentsMixin
 from bisik.client._devices import DeviceDirectory
@@ -152,6 +152,7 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
         self._transport.on("resync", self._on_resync)
         self._backup_dirty = False
         self._backup_at = 0.0
+        self._backup_wait_s = BACKUP_INTERVAL_S
         self._init_groups(profile.pickle_key)
         self._init_actions()
 
