@@ -138,16 +138,24 @@ async def _received(inbox: asyncio.Queue[Event], message_id: str) -> float:
 async def _exchange(
     sender: Client,
     receiver: Client,
-    inbox: asyncio.Queue[Event],
+    inbox: asyncio.Queue[Event] | None,
     n: int,
     target: str | None = None,
 ) -> None:
-    """``n`` messages from sender to receiver (or to ``target``, e.g. a group of both)."""
-    for i in range(n):
-        message = await sender.send_text(target or receiver.username, f"warm-up {i}")
-        async with asyncio.timeout(TIMEOUT_S):
-            await _received(inbox, message.id)
-            await sender.wait_sent(message.id, timeout=TIMEOUT_S)
+    """``n`` messages from sender to receiver (or to ``target``, e.g. a group of both);
+    ``inbox`` is the receiver's, or ``None`` to subscribe only for these."""
+    queue = receiver.subscribe() if inbox is None else inbox
+    try:
+        for i in range(n):
+            message = await sender.send_text(target or receiver.username, f"warm-up {i}")
+            async with asyncio.timeout(TIMEOUT_S):
+                await _received(queue, message.id)
+                await sender.wait_sent(message.id, timeout=TIMEOUT_S)
+    finally:
+        if inbox is None:
+            # Left subscribed, the queue would keep every later event (and the
+            # heap it holds would make each full collection longer).
+            receiver.unsubscribe(queue)
 
 
 def _line(label: str, ms: list[float]) -> str:

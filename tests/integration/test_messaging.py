@@ -55,6 +55,21 @@ async def test_offline_delivery_in_order_and_reply(make_client: ClientFactory) -
     assert bob.conversations() == [("@alice", "back now")]
 
 
+async def test_an_unsubscribed_queue_gets_no_more_events(make_client: ClientFactory) -> None:
+    alice = await make_client("alice")
+    bob = await make_client("bob")
+    kept, dropped = bob.subscribe(), bob.subscribe()
+    await alice.send_text("bob", "both see this")
+    assert (await next_event(dropped, MessageReceived)).message.body == "both see this"
+    bob.unsubscribe(dropped)
+    bob.unsubscribe(dropped)  # twice: no error
+    while not dropped.empty():  # what came before unsubscribing (e.g. receipts) stays
+        dropped.get_nowait()
+    await alice.send_text("bob", "only one sees this")
+    assert await received_bodies(kept, 2) == ["both see this", "only one sees this"]
+    assert dropped.empty()  # events go to every subscribed queue at once
+
+
 async def test_pushed_messages_are_acked_even_when_the_client_closes_at_once(
     make_client: ClientFactory, server: RunningServer
 ) -> None:

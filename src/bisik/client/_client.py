@@ -305,10 +305,16 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
     # -- events ---------------------------------------------------------------
 
     def subscribe(self) -> asyncio.Queue[Event]:
-        """A queue that receives every event from now on."""
+        """A queue that receives every event from now on, until ``unsubscribe``:
+        a queue no one reads any more keeps every event."""
         queue: asyncio.Queue[Event] = asyncio.Queue()
         self._subscribers.append(queue)
         return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[Event]) -> None:
+        """Stop sending events to a queue from ``subscribe`` (no error if it was not)."""
+        with contextlib.suppress(ValueError):
+            self._subscribers.remove(queue)
 
     def _emit(self, event: Event) -> None:
         for queue in self._subscribers:
