@@ -24,7 +24,14 @@ from bisik.server.handlers._notifier import Notifier
 from bisik.server.handlers.groups import GroupsHandler
 from bisik.server.handlers.presence import PresenceHandler
 from bisik.server.handlers.push import PushHandler
-from bisik.server.stores import DeviceHandle, EnvelopeRow, MessageStore, NewEnvelope
+from bisik.server.stores import (
+    DeviceHandle,
+    EnvelopeRow,
+    MessageStore,
+    NewEnvelope,
+    NewMessage,
+    StoredMessage,
+)
 
 log = logging.getLogger("bisik.server.messages")
 
@@ -84,50 +91,40 @@ class MessagesHandler:
         return result
 
     async def send_many(self, sender: DeviceHandle, req: SendMany) -> SendManyResult:
-        """Several sends from one frame, stored in their order (in one transaction
-        when nothing else is being written). Order is what a conversation is
-        made of, so the first message refused ends the frame: the ones after
-        it are not stored (``not_sent``) and the client sends them again."""
-        resolved = await self._messages.resolve_devices(
-            {(e.username, e.device_id) for m in req.messages for e in m.envelopes}
-        )
+        """Several sends from one frame, stored in their order (in one transaction).
+        Order is what a conversation is made of, so the first message refused
+        ends the frame: the ones after it are not stored (``not_sent``) and the
+        client sends them again."""
+        not_sent = ProtocolError(ErrorCode.NOT_SENT, "an earlier message was refused")
         checked: list[ProtocolError | None] = []
         for message in req.messages:
             if checked and checked[-1] is not None:
-                checked.append(ProtocolError(ErrorCode.NOT_SENT, "an earlier message was refused"))
+                checked.append(not_sent)
                 continue
             try:
                 await self._check_send(sender, message)
                 if message.ephemeral:
                     raise ProtocolError(ErrorCode.BAD_REQUEST, "ephemeral envelopes go alone")
-                _require_known([(e.username, e.device_id) for e in message.envelopes], resolved)
                 checked.append(None)
             except ProtocolError as exc:
                 checked.append(exc)
-        # Tasks start in order and each submits its store before its first
-        # pause, so the messages are stored in the order they were sent.
-        stored = await asyncio.gather(
-            *(
-                self._store_send(sender, message, push=False)
-                for message, error in zip(req.messages, checked, strict=True)
-                if error is None
-            ),
-            return_exceptions=True,
-        )
-        results = iter(stored)
+        # The messages that passed are the frame's first ones, stored in order
+        # (a device that does not exist refuses its message and ends the frame).
+        passed = [m for m, error in zip(req.messages, checked, strict=True) if error is None]
+        frame = [self._new(sender, m) for m in passed]
+        stored = await self._messages.store_in_order(frame) if frame else []
         outcomes = []
         pushes: dict[int, list[Envelope]] = {}  # per device, in order: one push each
-        for error in checked:
-            result = error if error is not None else next(results)
-            if isinstance(result, tuple):
-                sent, rows = result
-                outcomes.append(SendOutcome(ok=True, **sent.model_dump()))
-                for row in rows:
-                    pushes.setdefault(row.recipient_pk, []).append(_envelope(row))
-            elif isinstance(result, ProtocolError):
-                outcomes.append(SendOutcome(ok=False, error=result.to_body()["error"]))
-            else:
-                raise result
+        results = [*stored, *checked[len(passed) :]]  # None: after a refused one
+        for message, result in zip(req.messages, results, strict=True):
+            try:
+                sent, rows = await self._settle(sender, message, result or not_sent, push=False)
+            except ProtocolError as exc:
+                outcomes.append(SendOutcome(ok=False, error=exc.to_body()["error"]))
+                continue
+            outcomes.append(SendOutcome(ok=True, **sent.model_dump()))
+            for row in rows:
+                pushes.setdefault(row.recipient_pk, []).append(_envelope(row))
         for device_pk, envelopes in pushes.items():
             await self._notifier.deliver_many(device_pk, envelopes)
         return SendManyResult(results=outcomes)
@@ -140,23 +137,38 @@ class MessagesHandler:
             recipients = {e.username for e in req.envelopes}
             await self._groups.require_members(sender, req.group_id, recipients)
 
-    async def _store_send(
-        self, sender: DeviceHandle, req: SendRequest, *, push: bool = True
-    ) -> tuple[SendResult, list[EnvelopeRow]]:
-        """Store one send; its envelopes are pushed here unless ``push`` is false
-        (then the caller pushes the rows returned)."""
-        stored = await self._messages.store(
-            sender_pk=sender.pk,
-            sender=sender.username,
-            sender_device=sender.device_id,
-            client_message_id=req.client_message_id,
-            items=[
-                NewEnvelope((e.username, e.device_id), e.kind, e.type, e.body)
-                for e in req.envelopes
-            ],
-            now=(now := now_ms()),
+    @staticmethod
+    def _new(sender: DeviceHandle, req: SendRequest) -> NewMessage:
+        now = now_ms()
+        return NewMessage(
+            sender.pk,
+            sender.username,
+            sender.device_id,
+            req.client_message_id,
+            [NewEnvelope((e.username, e.device_id), e.kind, e.type, e.body) for e in req.envelopes],
+            now,
             expires_at=None if req.ttl_ms is None else now + req.ttl_ms,
         )
+
+    async def _store_send(
+        self, sender: DeviceHandle, req: SendRequest
+    ) -> tuple[SendResult, list[EnvelopeRow]]:
+        """Store one send and push its envelopes."""
+        stored = await self._messages.store(self._new(sender, req))
+        return await self._settle(sender, req, stored, push=True)
+
+    async def _settle(
+        self,
+        sender: DeviceHandle,
+        req: SendRequest,
+        stored: StoredMessage | ProtocolError,
+        *,
+        push: bool,
+    ) -> tuple[SendResult, list[EnvelopeRow]]:
+        """What follows a store: the refusal, or the pushes (unless ``push`` is
+        false: then the caller pushes the rows returned) and the bookkeeping."""
+        if isinstance(stored, ProtocolError):
+            raise stored
         _require_known(stored.unknown, {})
         if push:
             for row in stored.envelopes:
@@ -173,16 +185,19 @@ class MessagesHandler:
         (but the sender's), then push it. Only members may send."""
         await self._groups.require_member(sender, req.group_id)
         targets = [pk for pk in await self._groups.member_devices(req.group_id) if pk != sender.pk]
+        now = now_ms()
         stored = await self._messages.store(
-            sender_pk=sender.pk,
-            sender=sender.username,
-            sender_device=sender.device_id,
-            client_message_id=req.client_message_id,
-            items=[NewEnvelope(pk, "megolm", 0, "") for pk in targets],
-            now=(now := now_ms()),
-            group_id=req.group_id,
-            group_body=req.body,
-            expires_at=None if req.ttl_ms is None else now + req.ttl_ms,
+            NewMessage(
+                sender.pk,
+                sender.username,
+                sender.device_id,
+                req.client_message_id,
+                [NewEnvelope(pk, "megolm", 0, "") for pk in targets],
+                now,
+                group_id=req.group_id,
+                group_body=req.body,
+                expires_at=None if req.ttl_ms is None else now + req.ttl_ms,
+            )
         )
         if stored.envelopes:  # one message: the copies differ in their id only
             copies = [(row.recipient_pk, row.id) for row in stored.envelopes]

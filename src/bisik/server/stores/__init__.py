@@ -3,7 +3,13 @@
 from bisik.server.stores.accounts import AccountStore, DeviceHandle, DeviceRow
 from bisik.server.stores.auth import AuthStore
 from bisik.server.stores.keys import KeyStore
-from bisik.server.stores.messages import EnvelopeRow, MessageStore, NewEnvelope, StoredMessage
+from bisik.server.stores.messages import (
+    EnvelopeRow,
+    MessageStore,
+    NewEnvelope,
+    NewMessage,
+    StoredMessage,
+)
 
 __all__ = [
     "AccountStore",
@@ -14,5 +20,6 @@ __all__ = [
     "KeyStore",
     "MessageStore",
     "NewEnvelope",
+    "NewMessage",
     "StoredMessage",
 ]

@@ -54,16 +54,20 @@ class StoredMessage:
 
 
 @dataclass(frozen=True)
-class _Send:
+class NewMessage:
+    """A message to store. A group message (``group_id``) keeps its one
+    ciphertext, ``group_body``, on the message row; its envelopes only address
+    it to each device."""
+
     sender_pk: int
     sender: str
     sender_device: str
     client_message_id: str
     items: Sequence[NewEnvelope]
     now: int
-    group_id: str | None
-    group_body: str | None
-    expires_at: int | None
+    group_id: str | None = None
+    group_body: str | None = None
+    expires_at: int | None = None
 
 
 class MessageStore:
@@ -73,50 +77,36 @@ class MessageStore:
     def __init__(self, db: OneHop) -> None:
         self._db = db
         self._acks: Batcher[tuple[int, list[int]], tuple[int, list[int]]] = Batcher(self._ack_batch)
-        self._sends: Batcher[_Send, StoredMessage] = Batcher(self._store_batch)
+        self._sends: Batcher[list[NewMessage], list[StoredMessage | None]] = Batcher(
+            self._store_batch
+        )
 
-    async def store(
-        self,
-        *,
-        sender_pk: int,
-        sender: str,
-        sender_device: str,
-        client_message_id: str,
-        items: Sequence[NewEnvelope],
-        now: int,
-        group_id: str | None = None,
-        group_body: str | None = None,
-        expires_at: int | None = None,
-    ) -> StoredMessage:
+    async def store(self, message: NewMessage) -> StoredMessage:
         """Store a message and all its envelopes durably.
 
-        A group message (``group_id``) keeps its one ciphertext, ``group_body``,
-        on the message row; its envelopes only address it to each device.
         A message id the sender already used is not stored again: the first
         message's sequence number comes back with ``duplicate=True``. Sends
         arriving together share one transaction (one fsync).
         """
-        send = _Send(
-            sender_pk,
-            sender,
-            sender_device,
-            client_message_id,
-            items,
-            now,
-            group_id,
-            group_body,
-            expires_at,
-        )
-        return await self._sends.submit(send)
+        stored = (await self._sends.submit([message]))[0]
+        assert stored is not None  # the first of its frame is always tried
+        return stored
 
-    async def _store_batch(self, batch: list[_Send]) -> list[StoredMessage]:
+    async def store_in_order(self, frame: list[NewMessage]) -> list[StoredMessage | None]:
+        """Store several messages in their order, as ``store`` does each, in one
+        transaction. Order is what a conversation is made of: after a message
+        naming a device that does not exist (its result's ``unknown``), none is
+        stored (``None``)."""
+        return await self._sends.submit(frame)
+
+    async def _store_batch(self, batch: list[list[NewMessage]]) -> list[list[StoredMessage | None]]:
         try:
             return await self._db.write(lambda conn: _write_sends(conn, batch))
         except IntegrityError:
             if len(batch) == 1:
                 raise
-        # One bad send (a device deleted meanwhile) must not fail the others.
-        return [(await self._store_batch([send]))[0] for send in batch]
+        # One bad frame (a device deleted meanwhile) must not fail the others.
+        return [(await self._store_batch([frame]))[0] for frame in batch]
 
     async def resolve_devices(self, refs: set[tuple[str, str]]) -> dict[tuple[str, str], int]:
         """``AccountStore.resolve_devices`` in one step on the message path's
@@ -259,7 +249,7 @@ _INSERT_MESSAGE = {
 }
 
 
-def _insert_message(conn: Connection, send: _Send) -> int | None:
+def _insert_message(conn: Connection, send: NewMessage) -> int | None:
     """The new message's id, or ``None`` if the sender already used this id."""
     seq = conn.execute(
         _INSERT_MESSAGE[conn.dialect.name],
@@ -275,45 +265,62 @@ def _insert_message(conn: Connection, send: _Send) -> int | None:
     return None if seq is None else int(seq)
 
 
-def _write_sends(conn: Connection, batch: list[_Send]) -> list[StoredMessage]:
-    refs = {e.recipient for s in batch for e in s.items if isinstance(e.recipient, tuple)}
+def _write_sends(
+    conn: Connection, frames: list[list[NewMessage]]
+) -> list[list[StoredMessage | None]]:
+    refs = {
+        e.recipient
+        for frame in frames
+        for send in frame
+        for e in send.items
+        if isinstance(e.recipient, tuple)
+    }
     resolved = resolve_devices(conn, refs) if refs else {}
-    results: list[StoredMessage | None] = []
+    out: list[list[StoredMessage | None]] = []
     rows: list[dict[str, object]] = []
-    placed: list[tuple[int, _Send, int, list[int]]] = []  # (result index, send, seq, pks)
-    for send in batch:
-        unknown = [
-            e.recipient
-            for e in send.items
-            if isinstance(e.recipient, tuple) and e.recipient not in resolved
-        ]
-        if unknown:
-            results.append(StoredMessage(0, send.now, False, [], unknown=unknown))
-            continue
-        seq = _insert_message(conn, send)
-        if seq is None:
-            first = conn.execute(
-                _FIRST, {"sender": send.sender_pk, "client_id": send.client_message_id}
-            ).one()
-            results.append(StoredMessage(int(first[0]), int(first[1]), True, []))
-            continue
-        pks = [
-            resolved[e.recipient] if isinstance(e.recipient, tuple) else e.recipient
-            for e in send.items
-        ]
-        rows += [
-            {
-                "message_id": seq,
-                "recipient_device_pk": pk,
-                "kind": e.kind,
-                "type": e.type,
-                "body": e.body,
-                "created_at": send.now,
-            }
-            for pk, e in zip(pks, send.items, strict=True)
-        ]
-        placed.append((len(results), send, seq, pks))
-        results.append(None)
+    # (frame index, index in frame, send, seq, pks) of the messages stored now
+    placed: list[tuple[int, int, NewMessage, int, list[int]]] = []
+    for frame in frames:
+        results: list[StoredMessage | None] = []
+        out.append(results)
+        refused = False
+        for send in frame:
+            if refused:
+                results.append(None)  # after a refused one: not stored
+                continue
+            unknown = [
+                e.recipient
+                for e in send.items
+                if isinstance(e.recipient, tuple) and e.recipient not in resolved
+            ]
+            if unknown:
+                results.append(StoredMessage(0, send.now, False, [], unknown=unknown))
+                refused = True
+                continue
+            seq = _insert_message(conn, send)
+            if seq is None:
+                first = conn.execute(
+                    _FIRST, {"sender": send.sender_pk, "client_id": send.client_message_id}
+                ).one()
+                results.append(StoredMessage(int(first[0]), int(first[1]), True, []))
+                continue
+            pks = [
+                resolved[e.recipient] if isinstance(e.recipient, tuple) else e.recipient
+                for e in send.items
+            ]
+            rows += [
+                {
+                    "message_id": seq,
+                    "recipient_device_pk": pk,
+                    "kind": e.kind,
+                    "type": e.type,
+                    "body": e.body,
+                    "created_at": send.now,
+                }
+                for pk, e in zip(pks, send.items, strict=True)
+            ]
+            placed.append((len(out) - 1, len(results), send, seq, pks))
+            results.append(StoredMessage(seq, send.now, False, []))  # completed below
     ids: list[int] = []
     if rows:
         ids = [int(i) for i in conn.execute(_INSERT_ENVELOPES, rows).scalars()]
@@ -325,9 +332,9 @@ def _write_sends(conn: Connection, batch: list[_Send]) -> list[StoredMessage]:
         for pk in conn.execute(_PUSHABLE, {"pks": wanted[start : start + CHUNK]}).scalars()
     }
     taken = iter(ids)
-    for index, send, seq, pks in placed:
+    for frame_index, index, send, seq, pks in placed:
         body_of = send.group_body
-        results[index] = StoredMessage(
+        out[frame_index][index] = StoredMessage(
             seq,
             send.now,
             False,
@@ -348,4 +355,4 @@ def _write_sends(conn: Connection, batch: list[_Send]) -> list[StoredMessage]:
             ],
             push=pushable.intersection(pks),
         )
-    return [r for r in results if r is not None]
+    return out
