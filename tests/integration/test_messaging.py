@@ -55,6 +55,37 @@ async def test_offline_delivery_in_order_and_reply(make_client: ClientFactory) -
     assert bob.conversations() == [("@alice", "back now")]
 
 
+async def test_a_message_arriving_while_a_send_waits_for_its_answer_is_opened_at_once(
+    make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice = await make_client("alice")
+    bob = await make_client("bob")
+    b_in, a_in = bob.subscribe(), alice.subscribe()
+    await alice.send_text("bob", "warm-up")  # sessions and device lists in place
+    await received_bodies(b_in, 1)
+    # bob's next send is held before it reaches the server, as a slow link would.
+    release, held = asyncio.Event(), asyncio.Event()
+    call = bob._transport.call
+
+    async def slow_call(event: str, data: Any, timeout: float = 15.0) -> dict[str, Any]:
+        if event in ("send", "send_many"):
+            held.set()
+            await release.wait()
+        return await call(event, data, timeout)
+
+    monkeypatch.setattr(bob._transport, "call", slow_call)
+    mine = await bob.send_text("alice", "on its way")
+    await asyncio.wait_for(held.wait(), 10)
+    await alice.send_text("bob", "meanwhile")
+    # Opened while bob's worker still waits for the answer to his send.
+    assert await received_bodies(b_in, 1) == ["meanwhile"]
+    assert not release.is_set() and bob.history("alice")[-2].state == "pending"
+    release.set()
+    assert (await bob.wait_sent(mine.id, timeout=10)).state in ("sent", "delivered")
+    assert "on its way" in await received_bodies(a_in, 1)
+    assert [m.body for m in bob.history("alice")] == ["warm-up", "on its way", "meanwhile"]
+
+
 async def test_an_unsubscribed_queue_gets_no_more_events(make_client: ClientFactory) -> None:
     alice = await make_client("alice")
     bob = await make_client("bob")

@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import logging
 import time
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import pydantic
 
@@ -66,6 +68,7 @@ from bisik.crypto import (
 from bisik.proto import ErrorCode, ProtocolError, validate_username
 
 log = logging.getLogger("bisik.client")
+T = TypeVar("T")
 
 # Long enough for any chat message, small enough that one send to many devices
 # stays far below the server's frame limit (longer text belongs in an attachment).
@@ -120,6 +123,8 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
         self._devices = DeviceDirectory(store, self._transport)
         self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._pushed: list[Any] = []
+        # Set while a send waits for its answer: a push wakes it (``_answer_of``).
+        self._push_waiter: asyncio.Future[None] | None = None
         # Acks on their way to the server: the worker opens the next envelopes
         # meanwhile (an unacked envelope comes again and is skipped as processed).
         self._acks: set[asyncio.Task[None]] = set()
@@ -351,6 +356,8 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
             self._pushed.append(data)
             if len(self._pushed) == 1:
                 self._queue.put_nowait(("envelopes", None))
+            if self._push_waiter is not None:
+                _wake(self._push_waiter)
 
     async def _on_envelopes(self, data: Any) -> None:
         """Several envelopes in one push (a burst from one sender), in order."""
@@ -521,6 +528,31 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
                         )
             self._schedule_delivered_receipts()
         return received
+
+    async def _answer_of(self, call: Awaitable[T]) -> T:
+        """Wait for the server's answer to a send, opening what is pushed
+        meanwhile: a message that arrives while ours is on its way (a receipt
+        going out, or a run of our own messages) is not held up by it."""
+        task = asyncio.ensure_future(call)
+        loop = asyncio.get_running_loop()
+        try:
+            while not task.done():
+                if self._pushed and self.synced.is_set():
+                    pushed, self._pushed = self._pushed, []
+                    try:
+                        await self._handle_envelopes(pushed)
+                    except NotConnected as exc:
+                        log.info("opening pushed envelopes: %s (will retry on reconnect)", exc)
+                    except Exception:
+                        log.exception("opening pushed envelopes failed")
+                    continue
+                waiter = self._push_waiter = loop.create_future()
+                task.add_done_callback(functools.partial(_wake_after, waiter))
+                await waiter
+            return task.result()
+        finally:
+            self._push_waiter = None
+            task.cancel()  # only if we were cancelled: it is done otherwise
 
     def _flush_acks(self) -> None:
         """Send the acks that wait to be coalesced (dropped if disconnected: the
@@ -1009,12 +1041,14 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
         if len(requests) == 1:
             i, request = requests[0]
             try:
-                outcomes[i] = await self._transport.call("send", request)
+                outcomes[i] = await self._answer_of(self._transport.call("send", request))
             except ProtocolError as exc:
                 outcomes[i] = exc
         elif requests:
-            answer = await self._transport.call(
-                "send_many", {"messages": [request for _, request in requests]}
+            answer = await self._answer_of(
+                self._transport.call(
+                    "send_many", {"messages": [request for _, request in requests]}
+                )
             )
             results = answer.get("results")
             if not isinstance(results, list) or len(results) != len(requests):
@@ -1311,6 +1345,15 @@ _NOT_SENT = _NotSent()
 # What sending one outbox item came to: the server's result, nothing to send,
 # why it was refused, or not sent this time.
 _Outcome = dict[str, Any] | ClientError | ProtocolError | _NotSent | None
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+def _wake_after(waiter: asyncio.Future[None], _done: object) -> None:
+    _wake(waiter)
 
 
 def _ttl(payload: dict[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 import pydantic
@@ -92,6 +92,7 @@ class GroupsMixin:
     _with_extras: Callable[[list[Message]], list[Message]]
     _queue_message: Callable[[str, str, dict[str, Any], dict[str, Any]], Message]
     _olm_envelopes: Callable[..., list[dict[str, Any]]]
+    _answer_of: Callable[[Awaitable[dict[str, Any]]], Awaitable[dict[str, Any]]]
 
     def _init_groups(self, pickle_key: bytes) -> None:
         self._gdb = GroupStore(self._store)
@@ -312,7 +313,7 @@ class GroupsMixin:
         request = {"group_id": group_id, "client_message_id": message_id, "body": body}
         if payload.get("ttl_ms"):
             request["ttl_ms"] = payload["ttl_ms"]
-        result: dict[str, Any] = await self._transport.call("group_send", request)
+        result = await self._answer_of(self._transport.call("group_send", request))
         header = parse_megolm(body)
         with self._store.transaction():
             self._gdb.set_sent_at(header.session_id, header.message_index, int(result["ts"]))
