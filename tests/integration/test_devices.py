@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +168,53 @@ async def test_revoked_device_is_signed_out_and_gets_nothing(
         await phone.close()
     with pytest.raises(ProfileError, match="removed"):
         await Client.open(tmp_path / "phone", PASSWORD)
+
+
+async def test_a_message_to_a_device_list_gone_stale_unnoticed_is_encrypted_again(
+    make_client: ClientFactory, tmp_path: Path, server: RunningServer
+) -> None:
+    """The server refuses a send naming a device that is gone (``unknown_device``);
+    when no devices_changed told the sender in time, the sender fetches the list
+    again and encrypts again, instead of failing the message."""
+    alice = await make_client("alice")
+    bob = await make_client("bob")
+    phone = await link(alice, tmp_path / "phone")
+    try:
+        await phone.connect()
+        await asyncio.wait_for(phone.synced.wait(), 10)
+        a_in, p_in = alice.subscribe(), phone.subscribe()
+        await asyncio.sleep(0.3)  # device-list events reach bob
+        first = await bob.send_text("alice", "to both")
+        await received(alice, a_in, "to both")
+        await received(phone, p_in, "to both")
+        await bob.wait_sent(first.id, timeout=10)
+        async with server.services.engine.begin() as conn:  # revoked, and no one is told
+            await conn.execute(
+                update(devices).where(devices.c.device_id == phone.device_id).values(revoked_at=1)
+            )
+        second = await bob.send_text("alice", "to the one left")
+        await received(alice, a_in, "to the one left")
+        assert (await bob.wait_sent(second.id, timeout=10)).state in ("sent", "delivered")
+        assert not bob._reencrypted  # settled
+    finally:
+        await phone.close()
+
+
+async def test_a_device_list_forgotten_while_it_was_fetched_is_not_fresh(
+    make_client: ClientFactory,
+) -> None:
+    """A devices_changed that arrives while the list is being fetched may describe
+    a change the fetch did not see: that fetch does not make the list fresh."""
+    await make_client("alice")
+    bob = await make_client("bob")
+    directory = bob._devices
+    fetch = asyncio.create_task(directory.recipient_devices("alice", refresh=True))
+    await asyncio.sleep(0)  # the request is on its way
+    directory.forget("alice")
+    assert [d.username for d in await fetch] == ["alice"]
+    assert not directory._fresh("alice", time.monotonic())
+    await directory.recipient_devices("alice", refresh=True)  # nothing forgotten meanwhile
+    assert directory._fresh("alice", time.monotonic())
 
 
 async def test_a_device_revoked_by_another_server_process_is_refused_at_its_next_event(

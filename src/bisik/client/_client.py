@@ -141,6 +141,8 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
         self._connection = 0
         # Set while the server refuses sends for now (rate, storage): one retry waits.
         self._send_retry: asyncio.TimerHandle | None = None
+        # Outbox items encrypted again after an ``unknown_device`` (once each).
+        self._reencrypted: set[str] = set()
         # Set by ``create_account`` only: shown to the user once, never again.
         self.new_recovery_key: str | None = None
         self._transport.on("connect", self._on_connect)
@@ -968,13 +970,22 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
                     RATE_LIMIT_RETRY_S, self._retry_sends
                 )
             return False
-        if code == ErrorCode.UNKNOWN_DEVICE and item.envelopes is not None and "to" in item.payload:
-            # The device list changed since we encrypted: encrypt again.
+        if (
+            code == ErrorCode.UNKNOWN_DEVICE
+            and "to" in item.payload
+            and item.message_id not in self._reencrypted
+        ):
+            # A device it was encrypted for is gone: the list changed since we
+            # fetched it (no devices_changed told us in time, or the envelopes
+            # were made before). Fetch the lists again and encrypt again, once.
+            self._reencrypted.add(item.message_id)
             with self._store.transaction():
                 self._store.set_outbox_envelopes(item.message_id, None)
             self._devices.forget(item.payload["to"])
+            self._devices.forget(self.username)
             self._queue.put_nowait(("flush", None))
             return False
+        self._reencrypted.discard(item.message_id)
         self._fail(item.message_id, str(exc))
         return True
 
@@ -987,6 +998,7 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
                     self.username, item.message_id, int(result["seq"]), int(result["ts"])
                 )
                 self._store.remove_outbox(item.message_id)
+                self._reencrypted.discard(item.message_id)
         self._backup_dirty = True
         rows = [self._store.message(self.username, item.message_id) for item, _ in sent]
         shown = iter(self._with_extras([Message.from_row(row) for row in rows if row is not None]))

@@ -59,16 +59,21 @@ class DeviceDirectory:
         self._store = store
         self._transport = transport
         self._fetched: dict[str, float] = {}
+        # Counts forgets: a fetch that was under way when a list was forgotten
+        # may have read it before the change, so it does not count as fresh.
+        self._forgets = 0
         # Users whose device-list changes this connection is told about.
         self._watched: set[str] = set()
 
     def forget(self, username: str) -> None:
         self._fetched.pop(username, None)
+        self._forgets += 1
 
     def forget_all(self) -> None:
         """After a reconnect: lists may have changed while we were away."""
         self._fetched.clear()
         self._watched.clear()
+        self._forgets += 1
 
     async def watch(self, usernames: list[str]) -> None:
         """Ask to be told (``devices_changed``) when these users' devices change."""
@@ -81,6 +86,7 @@ class DeviceDirectory:
             self._watched.update(chunk)
 
     async def _fetch(self, username: str) -> list[StoredDevice]:
+        forgets = self._forgets
         data = await self._transport.request("GET", f"/v1/users/{quote(username, safe='')}/devices")
         identity_key = str(data["identity_key"])
         devices = []
@@ -99,14 +105,18 @@ class DeviceDirectory:
                 # Keep the devices signed by the pinned key: until the user accepts
                 # the new key, nothing is sent to or accepted from the new devices.
                 self._store.mark_identity_changed(username, identity_key)
-                self._fetched[username] = time.monotonic()
+                self._mark_fetched(username, forgets)
                 return self._store.devices_of(username)
             self._store.replace_devices(username, devices, now)
-        self._fetched[username] = time.monotonic()
+        self._mark_fetched(username, forgets)
         if username not in self._watched:
             with contextlib.suppress(ClientError, ProtocolError):
                 await self.watch([username])
         return devices
+
+    def _mark_fetched(self, username: str, forgets: int) -> None:
+        if forgets == self._forgets:  # nothing was forgotten while it was read
+            self._fetched[username] = time.monotonic()
 
     def _check_identity(self, username: str) -> None:
         pinned = self._store.pinned_identity(username)
