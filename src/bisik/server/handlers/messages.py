@@ -118,7 +118,9 @@ class MessagesHandler:
         results = [*stored, *checked[len(passed) :]]  # None: after a refused one
         for message, result in zip(req.messages, results, strict=True):
             try:
-                sent, rows = await self._settle(sender, message, result or not_sent, push=False)
+                if not isinstance(result, StoredMessage):
+                    raise result or not_sent
+                sent, rows = await self._settle(sender, message, result, push=False)
             except ProtocolError as exc:
                 outcomes.append(SendOutcome(ok=False, error=exc.to_body()["error"]))
                 continue
@@ -161,14 +163,13 @@ class MessagesHandler:
         self,
         sender: DeviceHandle,
         req: SendRequest,
-        stored: StoredMessage | ProtocolError,
+        stored: StoredMessage,
         *,
         push: bool,
     ) -> tuple[SendResult, list[EnvelopeRow]]:
-        """What follows a store: the refusal, or the pushes (unless ``push`` is
-        false: then the caller pushes the rows returned) and the bookkeeping."""
-        if isinstance(stored, ProtocolError):
-            raise stored
+        """What follows a store: the refusal of a device that does not exist, or
+        the pushes (unless ``push`` is false: then the caller pushes the rows
+        returned) and the bookkeeping."""
         _require_known(stored.unknown, {})
         if push:
             for row in stored.envelopes:
