@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -46,6 +47,7 @@ class AccountMixin:
     _backup_dirty: bool
     _backup_at: float
     _backup_wait_s: float
+    _answer_of: Callable[[Awaitable[bool]], Awaitable[bool]]
 
     @property
     def identity_key(self) -> str:
@@ -154,7 +156,8 @@ class AccountMixin:
     async def _maybe_backup(self) -> None:
         if self._backup_dirty and time.monotonic() - self._backup_at > self._backup_wait_s:
             try:
-                await self.backup_now()
+                # Up to 12 MiB on its way: what is pushed meanwhile is opened.
+                await self._answer_of(self.backup_now())
             except ProtocolError as exc:
                 # Refused for now (server storage full, rate limit): the next
                 # interval tries again; the backup stays marked dirty.

@@ -532,9 +532,9 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
         return received
 
     async def _answer_of(self, call: Awaitable[T]) -> T:
-        """Wait for the server's answer to a send, opening what is pushed
-        meanwhile: a message that arrives while ours is on its way (a receipt
-        going out, or a run of our own messages) is not held up by it."""
+        """Wait for the server's answer to a send (or a backup upload), opening
+        what is pushed meanwhile: a message that arrives while ours is on its
+        way (a receipt going out, or a run of our own messages) is not held up."""
         task = asyncio.ensure_future(call)
         loop = asyncio.get_running_loop()
         try:
