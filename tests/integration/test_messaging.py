@@ -30,6 +30,22 @@ async def received_bodies(queue: asyncio.Queue[object], count: int) -> list[str]
     return bodies
 
 
+def hold_sends(client: Client, monkeypatch: pytest.MonkeyPatch) -> tuple[asyncio.Event, ...]:
+    """Hold the client's sends before they reach the server (``held`` is set
+    when one is held) until ``release`` is set."""
+    release, held = asyncio.Event(), asyncio.Event()
+    call = client._transport.call
+
+    async def slow_call(event: str, data: Any, timeout: float = 15.0) -> dict[str, Any]:
+        if event in ("send", "send_many"):
+            held.set()
+            await release.wait()
+        return await call(event, data, timeout)
+
+    monkeypatch.setattr(client._transport, "call", slow_call)
+    return release, held
+
+
 async def test_offline_delivery_in_order_and_reply(make_client: ClientFactory) -> None:
     alice = await make_client("alice")
     bob = await make_client("bob", connect=False)
@@ -64,16 +80,7 @@ async def test_a_message_arriving_while_a_send_waits_for_its_answer_is_opened_at
     await alice.send_text("bob", "warm-up")  # sessions and device lists in place
     await received_bodies(b_in, 1)
     # bob's next send is held before it reaches the server, as a slow link would.
-    release, held = asyncio.Event(), asyncio.Event()
-    call = bob._transport.call
-
-    async def slow_call(event: str, data: Any, timeout: float = 15.0) -> dict[str, Any]:
-        if event in ("send", "send_many"):
-            held.set()
-            await release.wait()
-        return await call(event, data, timeout)
-
-    monkeypatch.setattr(bob._transport, "call", slow_call)
+    release, held = hold_sends(bob, monkeypatch)
     mine = await bob.send_text("alice", "on its way")
     await asyncio.wait_for(held.wait(), 10)
     await alice.send_text("bob", "meanwhile")
@@ -84,6 +91,43 @@ async def test_a_message_arriving_while_a_send_waits_for_its_answer_is_opened_at
     assert (await bob.wait_sent(mine.id, timeout=10)).state in ("sent", "delivered")
     assert "on its way" in await received_bodies(a_in, 1)
     assert [m.body for m in bob.history("alice")] == ["warm-up", "on its way", "meanwhile"]
+
+
+async def test_a_push_opened_while_a_send_waits_does_not_overtake_a_queued_resync(
+    make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server lost a push and asked for a resync; a later push that arrives
+    while a send waits for its answer is opened after the resync, in order."""
+    armed, lost = asyncio.Event(), []
+    on_envelope = client_module.Client._on_envelope
+
+    async def losing(self: Client, data: Any) -> None:
+        if armed.is_set() and self.username == "bob" and not lost:
+            lost.append(data)  # as if the server's fan-out dropped it
+            return
+        await on_envelope(self, data)
+
+    # Before bob exists: the socket's handler is bound when the client is made.
+    monkeypatch.setattr(client_module.Client, "_on_envelope", losing)
+    alice = await make_client("alice")
+    bob = await make_client("bob")
+    b_in = bob.subscribe()
+    await bob.send_text("alice", "warm-up")  # sessions and device lists in place
+    await asyncio.sleep(0.5)  # alice's delivered receipt reaches bob
+    release, held = hold_sends(bob, monkeypatch)
+    await bob.send_text("alice", "held")
+    await asyncio.wait_for(held.wait(), 10)
+    armed.set()
+    first = await alice.send_text("bob", "first")
+    await alice.wait_sent(first.id, timeout=10)
+    assert lost  # its push never reached bob
+    await bob._on_resync()  # what the server sends after losing pushes
+    second = await alice.send_text("bob", "second")
+    await alice.wait_sent(second.id, timeout=10)
+    await asyncio.sleep(0.2)  # its push reaches bob while his send is held
+    release.set()
+    assert await received_bodies(b_in, 2) == ["first", "second"]
+    assert [m.body for m in bob.history("alice")][-2:] == ["first", "second"]
 
 
 async def test_an_unsubscribed_queue_gets_no_more_events(make_client: ClientFactory) -> None:

@@ -48,6 +48,7 @@ class AccountMixin:
     _backup_at: float
     _backup_wait_s: float
     _answer_of: Callable[[Awaitable[bool]], Awaitable[bool]]
+    _enqueue: Callable[[str, Any], None]
 
     @property
     def identity_key(self) -> str:
@@ -74,7 +75,7 @@ class AccountMixin:
             raise ClientError(f"no identity key known for {username}; message them first")
         await self._devices.trust(username, verified=True)
         self._backup_dirty = True
-        self._queue.put_nowait(("resync", None))
+        self._enqueue("resync", None)
 
     # -- this account's devices -----------------------------------------------------
 

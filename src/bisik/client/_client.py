@@ -70,6 +70,9 @@ from bisik.proto import ErrorCode, ProtocolError, validate_username
 log = logging.getLogger("bisik.client")
 T = TypeVar("T")
 
+# Worker steps that envelopes pushed after them must not overtake.
+_IN_ORDER = frozenset({"resync", "group_changed"})
+
 # Long enough for any chat message, small enough that one send to many devices
 # stays far below the server's frame limit (longer text belongs in an attachment).
 MAX_TEXT_BYTES = 16 * 1024
@@ -125,6 +128,8 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
         self._pushed: list[Any] = []
         # Set while a send waits for its answer: a push wakes it (``_answer_of``).
         self._push_waiter: asyncio.Future[None] | None = None
+        # Queued worker steps that pushes opened meanwhile must not overtake.
+        self._in_order_due = 0
         # Acks on their way to the server: the worker opens the next envelopes
         # meanwhile (an unacked envelope comes again and is skipped as processed).
         self._acks: set[asyncio.Task[None]] = set()
@@ -340,7 +345,7 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
 
     async def _on_connect(self) -> None:
         self._emit(ConnectionChanged("connected"))
-        self._queue.put_nowait(("resync", None))
+        self._enqueue("resync", None)
 
     async def _on_disconnect(self, reason: Any = None) -> None:
         self._connection += 1
@@ -370,7 +375,7 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
 
     async def _on_resync(self, data: Any = None) -> None:
         # The server lost pushes (its fan-out restarted): page the queue again.
-        self._queue.put_nowait(("resync", None))
+        self._enqueue("resync", None)
 
     async def _on_keys_low(self, data: Any = None) -> None:
         self._queue.put_nowait(("replenish", None))
@@ -396,9 +401,16 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
         self._emit(DeviceRemoved())
         asyncio.get_running_loop().create_task(self._transport.sio.disconnect())
 
+    def _enqueue(self, kind: str, data: Any) -> None:
+        if kind in _IN_ORDER:
+            self._in_order_due += 1
+        self._queue.put_nowait((kind, data))
+
     async def _run(self) -> None:
         while not self._closing:
             kind, data = await self._queue.get()
+            if kind in _IN_ORDER:
+                self._in_order_due -= 1
             if kind == "stop":
                 return
             try:
@@ -539,7 +551,9 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
         loop = asyncio.get_running_loop()
         try:
             while not task.done():
-                if self._pushed and self.synced.is_set():
+                # Not ahead of a queued resync (it may fetch older messages than
+                # these) or group change (it may admit their sender).
+                if self._pushed and self.synced.is_set() and not self._in_order_due:
                     pushed, self._pushed = self._pushed, []
                     try:
                         await self._handle_envelopes(pushed)
@@ -1243,7 +1257,7 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
         """
         await self._devices.trust(username)
         self._backup_dirty = True
-        self._queue.put_nowait(("resync", None))
+        self._enqueue("resync", None)
 
     # -- read state, typing, presence, settings, push -----------------------------------
 

@@ -93,6 +93,7 @@ class GroupsMixin:
     _queue_message: Callable[[str, str, dict[str, Any], dict[str, Any]], Message]
     _olm_envelopes: Callable[..., list[dict[str, Any]]]
     _answer_of: Callable[[Awaitable[dict[str, Any]]], Awaitable[dict[str, Any]]]
+    _enqueue: Callable[[str, Any], None]
 
     def _init_groups(self, pickle_key: bytes) -> None:
         self._gdb = GroupStore(self._store)
@@ -286,7 +287,7 @@ class GroupsMixin:
 
     async def _on_group_changed(self, data: Any = None) -> None:
         if isinstance(data, dict) and isinstance(data.get("group_id"), str):
-            self._queue.put_nowait(("group_changed", data))
+            self._enqueue("group_changed", data)
 
     async def _group_changed(self, data: dict[str, Any]) -> None:
         group_id = str(data["group_id"])
