@@ -3,7 +3,6 @@ approval and the encrypted backup. Mixed into ``Client``."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -43,7 +42,6 @@ class AccountMixin:
     _store: LocalStore
     _devices: DeviceDirectory
     _identity: IdentityKey
-    _queue: asyncio.Queue[tuple[str, Any]]
     _backup_dirty: bool
     _backup_at: float
     _backup_wait_s: float

@@ -563,7 +563,7 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
                         log.exception("opening pushed envelopes failed")
                     continue
                 waiter = self._push_waiter = loop.create_future()
-                task.add_done_callback(functools.partial(_wake_after, waiter))
+                task.add_done_callback(functools.partial(_wake, waiter))
                 await waiter
             return task.result()
         finally:
@@ -1373,13 +1373,10 @@ _NOT_SENT = _NotSent()
 _Outcome = dict[str, Any] | ClientError | ProtocolError | _NotSent | None
 
 
-def _wake(waiter: asyncio.Future[None]) -> None:
+def _wake(waiter: asyncio.Future[None], _done: object = None) -> None:
+    """Wake a waiting ``_answer_of`` (also as a done callback of its call)."""
     if not waiter.done():
         waiter.set_result(None)
-
-
-def _wake_after(waiter: asyncio.Future[None], _done: object) -> None:
-    _wake(waiter)
 
 
 def _ttl(payload: dict[str, Any]) -> dict[str, Any]:

@@ -524,8 +524,7 @@ class LocalStore:
         """``(sender, id)`` of incoming messages not yet read in a conversation."""
         rows = self._exec(
             "SELECT sender, id FROM messages INDEXED BY messages_unread WHERE conversation = ? "
-            "AND direction = 'in' "
-            "AND read_at IS NULL ORDER BY rowid",
+            "AND direction = 'in' AND read_at IS NULL ORDER BY rowid",
             (conversation,),
         ).fetchall()
         return [(str(r[0]), str(r[1])) for r in rows]
