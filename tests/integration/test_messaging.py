@@ -18,6 +18,7 @@ from bisik.client import (
     ProtocolError,
 )
 from bisik.client import _client as client_module
+from bisik.server import free_port
 from bisik.server.stores.schema import devices, envelopes
 from tests.conftest import PASSWORD, ClientFactory, RunningServer, next_event
 
@@ -128,6 +129,30 @@ async def test_a_push_opened_while_a_send_waits_does_not_overtake_a_queued_resyn
     release.set()
     assert await received_bodies(b_in, 2) == ["first", "second"]
     assert [m.body for m in bob.history("alice")][-2:] == ["first", "second"]
+
+
+async def test_a_send_to_a_new_peer_is_queued_when_the_server_just_became_unreachable(
+    make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The socket still counts as connected but HTTP fails (the server was just
+    killed): the first message to a peer whose devices are not known yet is
+    queued, as when offline, instead of raising (the sigkill fault test hit it)."""
+    alice = await make_client("alice")
+    carol = await make_client("carol")
+    c_in = carol.subscribe()
+    http = alice._transport.http
+    dead = httpx.AsyncClient(base_url=f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setattr(alice._transport, "http", dead)
+    try:
+        assert alice.connected
+        message = await alice.send_text("carol", "first words")
+        assert message.state == "pending" and alice.pending_count() == 1
+    finally:
+        monkeypatch.setattr(alice._transport, "http", http)
+        await dead.aclose()
+    alice._queue.put_nowait(("flush", None))  # what the next reconnect would do
+    assert await received_bodies(c_in, 1) == ["first words"]
+    assert (await alice.wait_sent(message.id, timeout=10)).state in ("sent", "delivered")
 
 
 async def test_an_unsubscribed_queue_gets_no_more_events(make_client: ClientFactory) -> None:

@@ -855,7 +855,10 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
         if peer.startswith("#"):
             return self._queue_group_text(peer, text, extras)
         if self._transport.connected:
-            await self._devices.recipient_devices(peer, refresh=False)
+            # Unreachable after all (the server just went away): queued, and
+            # checked when it is encrypted, as when offline.
+            with contextlib.suppress(NotConnected):
+                await self._devices.recipient_devices(peer, refresh=False)
         return self._queue_message(direct_conversation(peer), text, {"to": peer}, extras)
 
     def _queue_message(
