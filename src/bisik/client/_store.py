@@ -173,6 +173,32 @@ _CHANGED_IDENTITIES = (
 )
 
 
+# How each page of the database is authenticated. Every commit encrypts and
+# authenticates each page it wrote, and with SHA extensions in the CPU (x86 since
+# ~2017, ARMv8) SHA-256 is about 2.5x cheaper than SQLCipher 4's default SHA-512:
+# a fifth of a commit's CPU. Both are full-strength MACs here (256-bit key).
+_PAGE_HMAC = "HMAC_SHA256"
+_LEGACY_PAGE_HMAC = "HMAC_SHA512"
+
+
+def _connect(path: Path, key: bytes, page_hmac: str) -> sqlcipher3.Connection | None:
+    """The database opened with ``key`` and that page MAC; ``None`` if its
+    pages do not verify that way."""
+    # Room for every statement shape in the prepared-statement cache (the key
+    # lists below come in a few sizes each).
+    conn = sqlcipher3.connect(
+        str(path), isolation_level=None, check_same_thread=False, cached_statements=512
+    )
+    conn.execute(f"PRAGMA key = \"x'{key.hex()}'\"")
+    conn.execute(f"PRAGMA cipher_hmac_algorithm = {page_hmac}")
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlcipher3.DatabaseError:
+        conn.close()
+        return None
+    return conn
+
+
 @dataclass(frozen=True)
 class StoredDevice:
     username: str
@@ -207,17 +233,15 @@ class LocalStore:
         Raises:
             ProfileError: if the key does not open the file.
         """
-        # Room for every statement shape in the prepared-statement cache (the key
-        # lists below come in a few sizes each).
-        conn = sqlcipher3.connect(
-            str(path), isolation_level=None, check_same_thread=False, cached_statements=512
-        )
-        conn.execute(f"PRAGMA key = \"x'{key.hex()}'\"")
-        try:
-            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        except sqlcipher3.DatabaseError as exc:
-            conn.close()
-            raise ProfileError("the local database does not open with this key") from exc
+        # A new database authenticates its pages with HMAC-SHA256; one made
+        # before (SQLCipher 4's default HMAC-SHA512) keeps its format.
+        formats = (_PAGE_HMAC, _LEGACY_PAGE_HMAC) if path.exists() else (_PAGE_HMAC,)
+        for page_hmac in formats:
+            conn = _connect(path, key, page_hmac)
+            if conn is not None:
+                break
+        else:
+            raise ProfileError("the local database does not open with this key")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA secure_delete=ON")

@@ -8,8 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlcipher3
 
-from bisik.client import _store
+from bisik.client import ProfileError, _store
 from bisik.client._models import Message, new_message_id
 from bisik.client._store import LocalStore, StoredDevice
 from bisik.client._transfer import AccountExport
@@ -20,6 +21,45 @@ def store(tmp_path: Path) -> Iterator[LocalStore]:
     opened = LocalStore.open(tmp_path / "local.db", os.urandom(32))
     yield opened
     opened.close()
+
+
+def _page_hmac(store: LocalStore) -> str:
+    return str(store._exec("PRAGMA cipher_hmac_algorithm").fetchone()[0])
+
+
+def test_a_new_database_authenticates_pages_with_sha256_and_rejects_other_keys(
+    tmp_path: Path,
+) -> None:
+    key = os.urandom(32)
+    store = LocalStore.open(tmp_path / "local.db", key)
+    store.set_meta("username", "alice")
+    assert _page_hmac(store) == "HMAC_SHA256"
+    store.close()
+    with pytest.raises(ProfileError, match="does not open"):
+        LocalStore.open(tmp_path / "local.db", os.urandom(32))
+    reopened = LocalStore.open(tmp_path / "local.db", key)
+    assert (reopened.get_meta("username"), _page_hmac(reopened)) == ("alice", "HMAC_SHA256")
+    reopened.close()
+
+
+def test_a_database_made_with_sqlcipher_defaults_still_opens_as_it_is(tmp_path: Path) -> None:
+    # Profiles created before the SHA-256 page MAC: SQLCipher 4's HMAC-SHA512.
+    key = os.urandom(32)
+    path = tmp_path / "local.db"
+    conn = sqlcipher3.connect(str(path), isolation_level=None)
+    conn.execute(f"PRAGMA key = \"x'{key.hex()}'\"")
+    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    conn.execute("INSERT INTO meta VALUES ('username', 'bob'), ('schema_version', '5')")
+    conn.close()
+    store = LocalStore.open(path, key)
+    assert (store.get_meta("username"), _page_hmac(store)) == ("bob", "HMAC_SHA512")
+    store.set_meta("username", "bobby")  # still written in its own format
+    store.close()
+    with pytest.raises(ProfileError, match="does not open"):
+        LocalStore.open(path, os.urandom(32))
+    reopened = LocalStore.open(path, key)
+    assert (reopened.get_meta("username"), _page_hmac(reopened)) == ("bobby", "HMAC_SHA512")
+    reopened.close()
 
 
 def test_message_ids_never_look_like_command_line_options() -> None:
