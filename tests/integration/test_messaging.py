@@ -47,6 +47,50 @@ def hold_sends(client: Client, monkeypatch: pytest.MonkeyPatch) -> tuple[asyncio
     return release, held
 
 
+def count_commits(client: Client) -> list[str]:
+    """Every COMMIT of the client's database from now on, as a list that grows."""
+    commits: list[str] = []
+    client._store._conn.set_trace_callback(
+        lambda sql: commits.append(sql) if sql == "COMMIT" else None
+    )
+    return commits
+
+
+async def test_a_message_next_in_line_is_encrypted_in_the_commit_that_stores_it(
+    make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice = await make_client("alice")
+    bob = await make_client("bob")
+    b_in = bob.subscribe()
+    await alice.send_text("bob", "warm-up")  # sessions and device lists in place
+    await received_bodies(b_in, 1)
+    assert await alice.drain_outbox(10)  # bob's delivered receipt settled too
+
+    commits = count_commits(alice)
+    release, held = hold_sends(alice, monkeypatch)
+    first = await alice.send_text("bob", "next in line")
+    # Stored and encrypted in one commit, before send_text returned.
+    assert len(commits) == 1
+    [item] = alice._store.outbox()
+    assert item.message_id == first.id and item.envelopes
+    assert {e["username"] for e in item.envelopes} == {"bob"}
+    await asyncio.wait_for(held.wait(), 10)
+    # A message typed while one waits for the server is encrypted in its turn.
+    second = await alice.send_text("bob", "behind it")
+    assert [i.envelopes is None for i in alice._store.outbox()] == [False, True]
+    release.set()
+    assert await received_bodies(b_in, 2) == ["next in line", "behind it"]
+    for message in (first, second):
+        assert (await alice.wait_sent(message.id, timeout=10)).state in ("sent", "delivered")
+
+    # A device list that needs fetching again: never from inside send_text.
+    assert await alice.drain_outbox(10)
+    alice._devices.forget("bob")
+    await alice.send_text("bob", "after a refresh")
+    assert [i.envelopes for i in alice._store.outbox()] == [None]
+    assert await received_bodies(b_in, 1) == ["after a refresh"]
+
+
 async def test_offline_delivery_in_order_and_reply(make_client: ClientFactory) -> None:
     alice = await make_client("alice")
     bob = await make_client("bob", connect=False)

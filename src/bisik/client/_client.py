@@ -733,11 +733,12 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
         """Decrypt, verify and store one Olm envelope (inside ``_open_run``'s
         transaction; its own writes are undone if it fails)."""
         try:
+            plaintext = self._machine.decrypt(item.device.curve25519, item.msg_type, item.body)
+            content = self._verify_content(plaintext, item.device)
+            if content.type == "text" and not item.ephemeral:
+                # Nothing written before it can be refused; past it, nothing refuses.
+                return self._store_text(item, content)
             with self._store.transaction():
-                plaintext = self._machine.decrypt(item.device.curve25519, item.msg_type, item.body)
-                content = self._verify_content(plaintext, item.device)
-                if content.type == "text" and not item.ephemeral:
-                    return self._store_text(item, content)
                 # A control message: applied, never shown as a message.
                 if item.ephemeral:
                     return _Opened("control", signals=self._signals.apply(content, *item.who))
@@ -879,6 +880,7 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
             server_seq=None,
             state="pending",
         )
+        payload = {**route, "body": text, "sent_at": now, **extras}
         with self._store.transaction():
             self._store.insert_message(message)
             self._record_extras(
@@ -887,12 +889,13 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
                 expires_in=extras.get("expires_in"),
                 view_once=bool(extras.get("view_once")),
             )
-            self._store.add_outbox(
-                message.id,
-                conversation,
-                {**route, "body": text, "sent_at": now, **extras},
-                now,
-            )
+            envelopes = None
+            if (targets := self._ready_targets(payload)) is not None:
+                # Next in line and nothing to fetch: encrypted in this same
+                # commit, where the outbox would take a commit of its own.
+                with self._machine.saving_once():
+                    envelopes = self._olm_content(message.id, payload, targets)
+            self._store.add_outbox(message.id, conversation, payload, now, envelopes)
         self._sent_waiters.setdefault(message.id, asyncio.get_running_loop().create_future())
         self._queue.put_nowait(("flush", None))
         if not any(extras.get(k) for k in ("reply_to", "expires_in", "view_once")):
@@ -1009,15 +1012,17 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
     def _mark_sent(self, sent: list[tuple[OutboxItem, dict[str, Any]]]) -> None:
         if not sent:
             return
+        rows = []
         with self._store.transaction():
             for item, result in sent:
-                self._store.mark_sent(
-                    self.username, item.message_id, int(result["seq"]), int(result["ts"])
+                rows.append(
+                    self._store.mark_sent(
+                        self.username, item.message_id, int(result["seq"]), int(result["ts"])
+                    )
                 )
                 self._store.remove_outbox(item.message_id)
                 self._reencrypted.discard(item.message_id)
         self._backup_dirty = True
-        rows = [self._store.message(self.username, item.message_id) for item, _ in sent]
         shown = iter(self._with_extras([Message.from_row(row) for row in rows if row is not None]))
         for (item, _), row in zip(sent, rows, strict=True):
             if row is None:
@@ -1119,23 +1124,59 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
         """
         peer = str(payload["to"])
         scope = payload.get("scope", "all")
-        targets = []
-        if scope in ("all", "peer"):
-            targets += await self._devices.recipient_devices(peer, refresh=True)
-        if (scope in ("all", "own") and peer != self.username) or scope == "own":
-            targets += await self._devices.recipient_devices(self.username, refresh=True)
+        lists = {
+            user: await self._devices.recipient_devices(user, refresh=True)
+            for user in _target_users(peer, scope, self.username)
+        }
+        targets = self._targets_among(peer, scope, lists)
+        if targets:
+            await self._devices.ensure_sessions(self._machine, targets)
+        return targets
+
+    def _ready_targets(self, payload: dict[str, Any]) -> list[StoredDevice] | None:
+        """The devices a direct message goes to if it can be encrypted now: it
+        would be the next to go out (the outbox is empty), the device lists are
+        fresh and there is a session with each device. ``None`` otherwise: the
+        outbox encrypts it in its turn (fetching, claiming keys, raising)."""
+        if (
+            "to" not in payload
+            or not self._transport.connected
+            or not self.synced.is_set()
+            or self._store.outbox_count()
+        ):
+            return None
+        peer, scope = str(payload["to"]), payload.get("scope", "all")
+        users = _target_users(peer, scope, self.username)
+        lists = self._devices.fresh_devices(users)
+        if len(lists) < len(users):
+            return None
+        try:
+            targets = self._targets_among(peer, scope, lists)
+        except ClientError:
+            return None
+        if not all(self._machine.has_session(d.curve25519) for d in targets):
+            return None
+        return targets
+
+    def _targets_among(
+        self, peer: str, scope: str, lists: dict[str, list[StoredDevice]]
+    ) -> list[StoredDevice]:
+        """Every device in ``lists`` but this one.
+
+        Raises:
+            ClientError: ``peer`` should be among them and has no device.
+        """
         targets = list(
             {
                 (d.username, d.device_id): d
-                for d in targets
+                for devices in lists.values()
+                for d in devices
                 if (d.username, d.device_id) != (self.username, self.device_id)
             }.values()
         )
         has_peer = any(d.username == peer for d in targets)
         if scope != "own" and peer != self.username and not has_peer:
             raise ClientError(f"{peer} has no verified device to send to")
-        if targets:
-            await self._devices.ensure_sessions(self._machine, targets)
         return targets
 
     def _olm_content(
@@ -1380,6 +1421,14 @@ def _wake(waiter: asyncio.Future[None], _done: object = None) -> None:
     """Wake a waiting ``_answer_of`` (also as a done callback of its call)."""
     if not waiter.done():
         waiter.set_result(None)
+
+
+def _target_users(peer: str, scope: str, me: str) -> list[str]:
+    """Whose devices a payload for ``peer`` goes to (see ``_encryption_targets``)."""
+    users = [peer] if scope in ("all", "peer") else []
+    if (scope in ("all", "own") and peer != me) or scope == "own":
+        users.append(me)
+    return users
 
 
 def _ttl(payload: dict[str, Any]) -> dict[str, Any]:

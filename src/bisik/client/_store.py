@@ -473,12 +473,18 @@ class LocalStore:
         )
         return bool(cur.rowcount)
 
-    def mark_sent(self, sender: str, message_id: str, server_seq: int, ts: int) -> None:
-        self._exec(
+    def mark_sent(
+        self, sender: str, message_id: str, server_seq: int, ts: int
+    ) -> tuple[Any, ...] | None:
+        """Note the server's ack; the message as it is now (``None`` if gone)."""
+        rows = self._exec(
             "UPDATE messages SET server_seq = ?, received_at = ?, state = CASE WHEN state IN "
-            "('pending', 'failed') THEN 'sent' ELSE state END WHERE sender = ? AND id = ?",
+            "('pending', 'failed') THEN 'sent' ELSE state END WHERE sender = ? AND id = ? "
+            "RETURNING id, conversation, sender, sender_device, direction, body, sent_at, "
+            "received_at, server_seq, state",
             (server_seq, ts, sender, message_id),
-        )
+        ).fetchall()
+        return tuple(rows[0]) if rows else None
 
     def mark_failed(self, sender: str, message_id: str) -> None:
         self._exec(
@@ -590,12 +596,23 @@ class LocalStore:
     # -- outbox ---------------------------------------------------------------
 
     def add_outbox(
-        self, message_id: str, conversation: str, payload: dict[str, Any], now: int
+        self,
+        message_id: str,
+        conversation: str,
+        payload: dict[str, Any],
+        now: int,
+        envelopes: list[dict[str, Any]] | None = None,
     ) -> None:
         self._exec(
             "INSERT INTO outbox (message_id, conversation, payload, envelopes, created_at) "
-            "VALUES (?, ?, ?, NULL, ?)",
-            (message_id, conversation, json.dumps(payload), now),
+            "VALUES (?, ?, ?, ?, ?)",
+            (
+                message_id,
+                conversation,
+                json.dumps(payload),
+                json.dumps(envelopes) if envelopes is not None else None,
+                now,
+            ),
         )
 
     def outbox(self, limit: int = -1) -> list[OutboxItem]:
