@@ -41,3 +41,15 @@ async def test_a_failed_batch_fails_each_of_its_requests_only() -> None:
     with pytest.raises(ValueError):
         await batcher.submit(0)
     assert await batcher.submit(5) == 5
+
+
+async def test_an_exception_in_a_requests_place_fails_that_request_alone() -> None:
+    async def run(batch: list[int]) -> list[int | Exception]:
+        return [ValueError(f"bad {x}") if x < 0 else x for x in batch]
+
+    batcher: Batcher[int, int] = Batcher(run)
+    results = await asyncio.gather(
+        batcher.submit(1), batcher.submit(-1), batcher.submit(2), return_exceptions=True
+    )
+    assert results[0] == 1 and results[2] == 2
+    assert isinstance(results[1], ValueError) and str(results[1]) == "bad -1"

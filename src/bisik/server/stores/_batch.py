@@ -5,7 +5,7 @@ instead of one each, and a lone request waits for nobody."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 Req = TypeVar("Req")
@@ -13,7 +13,12 @@ Res = TypeVar("Res")
 
 
 class Batcher(Generic[Req, Res]):
-    def __init__(self, run: Callable[[list[Req]], Awaitable[list[Res]]], limit: int = 500) -> None:
+    """``run`` answers a batch with one result per request, in order; an
+    exception in its place fails that request alone, one raised fails them all."""
+
+    def __init__(
+        self, run: Callable[[list[Req]], Awaitable[Sequence[Res | Exception]]], limit: int = 500
+    ) -> None:
         self._run = run
         self._limit = limit
         self._pending: list[tuple[Req, asyncio.Future[Res]]] = []
@@ -37,5 +42,9 @@ class Batcher(Generic[Req, Res]):
                         future.set_exception(exc)
                 continue
             for (_, future), result in zip(batch, results, strict=True):
-                if not future.done():
+                if future.done():
+                    continue
+                if isinstance(result, Exception):
+                    future.set_exception(result)
+                else:
                     future.set_result(result)

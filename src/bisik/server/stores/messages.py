@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -99,14 +100,22 @@ class MessageStore:
         stored (``None``)."""
         return await self._sends.submit(frame)
 
-    async def _store_batch(self, batch: list[list[NewMessage]]) -> list[list[StoredMessage | None]]:
+    async def _store_batch(
+        self, batch: list[list[NewMessage]]
+    ) -> list[list[StoredMessage | None] | Exception]:
         try:
-            return await self._db.write(lambda conn: _write_sends(conn, batch))
-        except IntegrityError:
+            return [*await self._db.write(lambda conn: _write_sends(conn, batch))]
+        except (IntegrityError, sqlite3.IntegrityError):  # the latter: _insert_envelopes
             if len(batch) == 1:
                 raise
         # One bad frame (a device deleted meanwhile) must not fail the others.
-        return [(await self._store_batch([frame]))[0] for frame in batch]
+        results: list[list[StoredMessage | None] | Exception] = []
+        for frame in batch:
+            try:
+                results += await self._store_batch([frame])
+            except (IntegrityError, sqlite3.IntegrityError) as exc:
+                results.append(exc)
+        return results
 
     async def resolve_devices(self, refs: set[tuple[str, str]]) -> dict[tuple[str, str], int]:
         """``AccountStore.resolve_devices`` in one step on the message path's
@@ -235,6 +244,10 @@ _FIRST = select(messages.c.id, messages.c.created_at).where(
     messages.c.client_message_id == bindparam("client_id"),
 )
 _INSERT_ENVELOPES = insert(envelopes).returning(envelopes.c.id, sort_by_parameter_order=True)
+_SQLITE_INSERT_ENVELOPE = (
+    "INSERT INTO envelopes (message_id, recipient_device_pk, kind, type, body, created_at) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
+)
 _PUSHABLE = select(push_subscriptions.c.device_pk).where(
     push_subscriptions.c.device_pk.in_(bindparam("pks", expanding=True))
 )
@@ -263,6 +276,37 @@ def _insert_message(conn: Connection, send: NewMessage) -> int | None:
         },
     ).scalar()
     return None if seq is None else int(seq)
+
+
+def _insert_envelopes(conn: Connection, rows: list[dict[str, object]]) -> list[int]:
+    """Insert envelope rows; their ids, in order."""
+    if conn.dialect.name != "sqlite":
+        return [int(i) for i in conn.execute(_INSERT_ENVELOPES, rows).scalars()]
+    # SQLAlchemy's insert-many with RETURNING took ~3x as long as the insert
+    # itself (a 500-member group's fan-out: 5.3 ms vs 1.8). SQLite has one
+    # writer at a time and AUTOINCREMENT gives each row one above the largest
+    # id ever given: the rows of one executemany in this transaction have
+    # consecutive ids, the last one last_insert_rowid().
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.executemany(
+            _SQLITE_INSERT_ENVELOPE,
+            [
+                (
+                    r["message_id"],
+                    r["recipient_device_pk"],
+                    r["kind"],
+                    r["type"],
+                    r["body"],
+                    r["created_at"],
+                )
+                for r in rows
+            ],
+        )
+        last = int(cursor.execute("SELECT last_insert_rowid()").fetchone()[0])
+    finally:
+        cursor.close()
+    return list(range(last - len(rows) + 1, last + 1))
 
 
 def _write_sends(
@@ -323,7 +367,7 @@ def _write_sends(
             results.append(StoredMessage(seq, send.now, False, []))  # completed below
     ids: list[int] = []
     if rows:
-        ids = [int(i) for i in conn.execute(_INSERT_ENVELOPES, rows).scalars()]
+        ids = _insert_envelopes(conn, rows)
     all_pks = {pk for *_, pks in placed for pk in pks}
     wanted = sorted(all_pks)
     pushable = {
