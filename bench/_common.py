@@ -75,6 +75,19 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def cpu_ticks() -> tuple[int, int]:
+    """(steal, all) clock ticks of every CPU so far, from /proc/stat: on a VM,
+    steal is the time the hypervisor gave our CPUs to someone else."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return fields[7], sum(fields)
+
+
+def steal_since(ticks: tuple[int, int]) -> float:
+    """The share of the machine's CPU time stolen since ``cpu_ticks()`` gave ``ticks``."""
+    steal, total = (b - a for a, b in zip(ticks, cpu_ticks(), strict=True))
+    return steal / max(1, total)
+
+
 def proc_cpu_seconds(pid: int | None = None) -> float:
     """User + system CPU time of a process so far, from /proc/<pid>/stat."""
     target = "self" if pid is None else str(pid)

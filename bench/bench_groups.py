@@ -46,7 +46,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import banner, fs_type, percentile, proc_cpu_seconds, summary_line
+from _common import (
+    banner,
+    cpu_ticks,
+    fs_type,
+    percentile,
+    proc_cpu_seconds,
+    steal_since,
+    summary_line,
+)
 from bench_latency import FAST_KDF, PASSWORD, TIMEOUT_S, Cpu, ServerProcess
 from bisik._heap import settle_heap
 from bisik.client import Client, MessageReceived
@@ -142,10 +150,11 @@ async def paced_phase(
             raise RuntimeError(f"light members did not start: {ready!r}")
         await asyncio.sleep(1.0)  # sign-in writes and presence settle
         arrivals.expected = len(real)
-        server0, worker0, self0 = (
+        server0, worker0, self0, ticks0 = (
             proc_cpu_seconds(server.pid),
             proc_cpu_seconds(worker.pid),
             proc_cpu_seconds(),
+            cpu_ticks(),
         )
         start = time.monotonic() + 0.1
         scheduled: dict[str, float] = {}
@@ -174,6 +183,7 @@ async def paced_phase(
         server_cpu = proc_cpu_seconds(server.pid) - server0
         worker_cpu = proc_cpu_seconds(worker.pid) - worker0
         self_cpu = proc_cpu_seconds() - self0
+        steal = steal_since(ticks0)
         await asyncio.sleep(0.5)  # the last envelopes reach the slowest sockets
         worker.stdin.write(b"report\n")
         await worker.stdin.drain()
@@ -212,7 +222,8 @@ async def paced_phase(
     print(
         f"    CPU over {wall:.1f} s: server {server_cpu:.2f} s ({server_cpu / wall:.0%} of a core, "
         f"{server_cpu / fanouts * 1e3:.1f} ms/fan-out), bare sockets {worker_cpu:.2f} s "
-        f"({worker_cpu / wall:.0%}), sender + real clients {self_cpu:.2f} s ({self_cpu / wall:.0%})"
+        f"({worker_cpu / wall:.0%}), sender + real clients {self_cpu:.2f} s "
+        f"({self_cpu / wall:.0%}); CPU steal {steal:.0%}"
     )
     return {
         "at_device": at_device,

@@ -40,7 +40,7 @@ from typing import Any
 
 import uvloop
 
-from _common import banner, percentile, proc_cpu_seconds, summary_line
+from _common import banner, cpu_ticks, percentile, proc_cpu_seconds, steal_since, summary_line
 from _node import run_both
 from bench_latency import FAST_KDF, PASSWORD, TIMEOUT_S, ServerProcess, _exchange
 from bisik._heap import settle_heap
@@ -332,7 +332,7 @@ async def run_kind(kind: str, server: ServerProcess, args: argparse.Namespace) -
             f"  [{kind}] server pid {server.pid}; {args.workers} generator processes x "
             f"{args.pairs} pairs ready in {setup_s:.1f} s"
         )
-        cpu0 = proc_cpu_seconds(server.pid)
+        cpu0, ticks0 = proc_cpu_seconds(server.pid), cpu_ticks()
         t0 = time.perf_counter()
         results = await workers.phase("saturate", args.window, args.duration)
         wall = time.perf_counter() - t0
@@ -346,7 +346,7 @@ async def run_kind(kind: str, server: ServerProcess, args: argparse.Namespace) -
             f"  [{kind}] saturation (window {args.window}/pair): {rate:7.0f} delivered msgs/s, "
             f"p50 {percentile(lat, 50):.1f} p99 {percentile(lat, 99):.1f} ms; CPU server "
             f"{server_share:.0%} of a core (~{server_share / max(rate, 1) * 1e3:.2f} ms/msg), "
-            f"generators {gen_cpu / window_s:.0%}"
+            f"generators {gen_cpu / window_s:.0%}; steal {steal_since(ticks0):.0%}"
         )
         for load in args.loads:
             if load > rate * OVER_CAPACITY:
@@ -355,7 +355,7 @@ async def run_kind(kind: str, server: ServerProcess, args: argparse.Namespace) -
                     "this server delivered at saturation (its backlog would only grow)"
                 )
                 continue
-            cpu0 = proc_cpu_seconds(server.pid)
+            cpu0, ticks0 = proc_cpu_seconds(server.pid), cpu_ticks()
             t0 = time.perf_counter()
             results = await workers.phase("offered", load / args.workers, args.duration)
             wall = time.perf_counter() - t0
@@ -370,7 +370,8 @@ async def run_kind(kind: str, server: ServerProcess, args: argparse.Namespace) -
                 f"  [{kind}] offered {load:>5}/s (achieved {achieved:6.0f}/s): "
                 f"p50 {p50:7.2f}  p99 {p99:8.2f}  max {max(lat, default=float('nan')):8.2f} ms"
                 f"  {'' if not lost else f'{lost} not delivered within {DRAIN_S:.0f} s  '}"
-                f"CPU server {server_cpu / wall:.0%}, generators {gen_cpu / wall:.0%} of a core"
+                f"CPU server {server_cpu / wall:.0%}, generators {gen_cpu / wall:.0%} of a core; "
+                f"steal {steal_since(ticks0):.0%}"
             )
     finally:
         await workers.stop()

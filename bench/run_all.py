@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import banner
+from _common import banner, cpu_ticks, steal_since
 
 HERE = Path(__file__).resolve().parent
 
@@ -95,12 +95,12 @@ def main() -> int:
     if only:
         scripts = [s for s in scripts if s.stem.removeprefix("bench_") in only]
     rows: list[Row] = []
-    durations: list[tuple[str, float, int]] = []
+    durations: list[tuple[str, float, int, float]] = []
     for script in scripts:
         name = script.stem.removeprefix("bench_")
         argv = (QUICK.get(name, []) if args.quick else []) + extra.get(name, [])
         print(f"### {script.name} {' '.join(argv)}", flush=True)
-        t0 = time.perf_counter()
+        t0, ticks0 = time.perf_counter(), cpu_ticks()
         proc = subprocess.Popen(
             [sys.executable, str(script), *argv],
             stdout=subprocess.PIPE,
@@ -117,14 +117,15 @@ def main() -> int:
             else:
                 print(line, end="", flush=True)
         code = proc.wait()
-        durations.append((script.name, time.perf_counter() - t0, code))
+        durations.append((script.name, time.perf_counter() - t0, code, steal_since(ticks0)))
         print()
 
     print_table(rows)
-    for script_name, seconds, code in durations:
+    for script_name, seconds, code, steal in durations:
         status = "" if code == 0 else f"  (exit code {code})"
-        print(f"{script_name}: {seconds:.1f} s wall{status}")
-    return 0 if all(code == 0 for _, _, code in durations) else 1
+        print(f"{script_name}: {seconds:.1f} s wall, CPU steal {steal:.0%}{status}")
+    print("(CPU steal: the share of the machine's CPU time the hypervisor gave to other VMs)")
+    return 0 if all(code == 0 for *_, code, _ in durations) else 1
 
 
 if __name__ == "__main__":
