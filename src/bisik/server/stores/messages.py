@@ -1,10 +1,22 @@
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, exists, func, insert, select
+from sqlalchemy import (
+    Connection,
+    Executable,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    select,
+    text,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -148,11 +160,7 @@ class MessageStore:
         wanted = sorted({i for _, ids in batch for i in ids})
 
         def write(conn: Connection) -> list[tuple[int, list[int]]]:
-            found = [
-                row
-                for start in range(0, len(wanted), CHUNK)
-                for row in conn.execute(_ACK_FIND, {"ids": wanted[start : start + CHUNK]}).all()
-            ]
+            found = _for_ids(conn, _ACK_FIND, wanted)
             owners = {int(i): int(pk) for i, pk, _ in found}
             message_of = {int(i): int(m) for i, _, m in found}
             results: list[tuple[int, list[int]]] = []
@@ -166,11 +174,9 @@ class MessageStore:
                 deletable += mine
                 results.append((len(mine), []))
             gone = sorted({message_of[i] for i in deletable})
-            for start in range(0, len(deletable), CHUNK):
-                conn.execute(_ACK_DELETE, {"ids": deletable[start : start + CHUNK]})
+            _for_ids(conn, _ACK_DELETE, deletable)
             # A disappearing message is gone once every device has it.
-            for start in range(0, len(gone), CHUNK):
-                conn.execute(_ACK_DROP_MESSAGES, {"ids": gone[start : start + CHUNK]})
+            _for_ids(conn, _ACK_DROP_MESSAGES, gone)
             return results
 
         return await self._db.write(write)
@@ -249,8 +255,53 @@ _SQLITE_INSERT_ENVELOPE = (
     "VALUES (?, ?, ?, ?, ?, ?)"
 )
 _PUSHABLE = select(push_subscriptions.c.device_pk).where(
-    push_subscriptions.c.device_pk.in_(bindparam("pks", expanding=True))
+    push_subscriptions.c.device_pk.in_(bindparam("ids", expanding=True))
 )
+# The same statements for a list of ids on SQLite: the ids as one JSON array.
+_ON_SQLITE: dict[Executable, Executable] = {
+    _ACK_FIND: text(
+        "SELECT id, recipient_device_pk, message_id FROM envelopes "
+        "WHERE id IN (SELECT value FROM json_each(:ids))"
+    ),
+    _ACK_DELETE: text("DELETE FROM envelopes WHERE id IN (SELECT value FROM json_each(:ids))"),
+    _ACK_DROP_MESSAGES: text(
+        "DELETE FROM messages WHERE id IN (SELECT value FROM json_each(:ids)) "
+        "AND expires_at IS NOT NULL "
+        "AND NOT EXISTS (SELECT 1 FROM envelopes WHERE envelopes.message_id = messages.id)"
+    ),
+    _PUSHABLE: text(
+        "SELECT device_pk FROM push_subscriptions "
+        "WHERE device_pk IN (SELECT value FROM json_each(:ids))"
+    ),
+}
+
+
+def _for_ids(conn: Connection, statement: Executable, ids: list[int]) -> list[tuple[Any, ...]]:
+    """``statement`` (an ``IN`` over the expanding parameter ``ids``) for all of
+    ``ids``; the rows it returns, if any.
+
+    On SQLite its ``_ON_SQLITE`` form takes them as one JSON array: one statement
+    text whatever the count, where SQLAlchemy expands a parameter per id and
+    compiles each count anew (an ack's find and delete of 498 ids: 2.0 -> 1.0 ms).
+    Elsewhere ``CHUNK`` ids at a time.
+    """
+    if not ids:
+        return []
+    batches: list[tuple[Executable, dict[str, object]]]
+    if conn.dialect.name == "sqlite":
+        batches = [(_ON_SQLITE[statement], {"ids": json.dumps(ids)})]
+    else:
+        batches = [
+            (statement, {"ids": ids[start : start + CHUNK]}) for start in range(0, len(ids), CHUNK)
+        ]
+    rows: list[tuple[Any, ...]] = []
+    for each, params in batches:
+        result = conn.execute(each, params)
+        if result.returns_rows:
+            rows += [tuple(row) for row in result]
+    return rows
+
+
 _UNIQUE = [messages.c.sender_device_pk, messages.c.client_message_id]
 _INSERT_MESSAGE = {
     "sqlite": sqlite_insert(messages)
@@ -370,11 +421,7 @@ def _write_sends(
         ids = _insert_envelopes(conn, rows)
     all_pks = {pk for *_, pks in placed for pk in pks}
     wanted = sorted(all_pks)
-    pushable = {
-        int(pk)
-        for start in range(0, len(wanted), CHUNK)
-        for pk in conn.execute(_PUSHABLE, {"pks": wanted[start : start + CHUNK]}).scalars()
-    }
+    pushable = {int(pk) for (pk,) in _for_ids(conn, _PUSHABLE, wanted)}
     taken = iter(ids)
     for frame_index, index, send, seq, pks in placed:
         body_of = send.group_body
