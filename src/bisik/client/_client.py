@@ -731,7 +731,7 @@ class Client(AccountMixin, GroupsMixin, AttachmentsMixin, ActionsMixin):
 
     def _open_olm(self, item: _Inbound) -> _Opened:
         """Decrypt, verify and store one Olm envelope (inside ``_open_run``'s
-        transaction; its own writes are undone if it fails)."""
+        transaction; a control message's own writes are undone if it fails)."""
         try:
             plaintext = self._machine.decrypt(item.device.curve25519, item.msg_type, item.body)
             content = self._verify_content(plaintext, item.device)

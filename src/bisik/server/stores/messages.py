@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -114,10 +113,10 @@ class MessageStore:
 
     async def _store_batch(
         self, batch: list[list[NewMessage]]
-    ) -> list[list[StoredMessage | None] | Exception]:
+    ) -> Sequence[list[StoredMessage | None] | Exception]:
         try:
-            return [*await self._db.write(lambda conn: _write_sends(conn, batch))]
-        except (IntegrityError, sqlite3.IntegrityError):  # the latter: _insert_envelopes
+            return await self._db.write(lambda conn: _write_sends(conn, batch))
+        except IntegrityError:
             if len(batch) == 1:
                 raise
         # One bad frame (a device deleted meanwhile) must not fail the others.
@@ -125,7 +124,7 @@ class MessageStore:
         for frame in batch:
             try:
                 results += await self._store_batch([frame])
-            except (IntegrityError, sqlite3.IntegrityError) as exc:
+            except IntegrityError as exc:
                 results.append(exc)
         return results
 
@@ -338,25 +337,21 @@ def _insert_envelopes(conn: Connection, rows: list[dict[str, object]]) -> list[i
     # writer at a time and AUTOINCREMENT gives each row one above the largest
     # id ever given: the rows of one executemany in this transaction have
     # consecutive ids, the last one last_insert_rowid().
-    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-    try:
-        cursor.executemany(
-            _SQLITE_INSERT_ENVELOPE,
-            [
-                (
-                    r["message_id"],
-                    r["recipient_device_pk"],
-                    r["kind"],
-                    r["type"],
-                    r["body"],
-                    r["created_at"],
-                )
-                for r in rows
-            ],
-        )
-        last = int(cursor.execute("SELECT last_insert_rowid()").fetchone()[0])
-    finally:
-        cursor.close()
+    conn.exec_driver_sql(
+        _SQLITE_INSERT_ENVELOPE,
+        [
+            (
+                r["message_id"],
+                r["recipient_device_pk"],
+                r["kind"],
+                r["type"],
+                r["body"],
+                r["created_at"],
+            )
+            for r in rows
+        ],
+    )
+    last = int(conn.exec_driver_sql("SELECT last_insert_rowid()").scalar_one())
     return list(range(last - len(rows) + 1, last + 1))
 
 
