@@ -34,37 +34,6 @@ PASSWORD = "correct horse battery staple"
 
 RunningServer = EmbeddedServer
 
-# Group messages opened, and how many of them first waited for their key, over
-# every client the tests closed (issue 5 asks how often that happens).
-GROUP_STATS: dict[str, int] = {}
-
-
-def record_group_stats(client: Client) -> None:
-    for key, value in client.group_stats.items():
-        GROUP_STATS[key] = GROUP_STATS.get(key, 0) + value
-
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if GROUP_STATS.get("received"):
-        terminalreporter.write_line(
-            "group messages: {received} opened, {waiting} waited for their key first "
-            "({key_requests_sent} key requests, {key_requests_answered} answered, "
-            "{key_requests_refused} refused, {recovered} opened after a key arrived)".format(
-                **{
-                    k: GROUP_STATS.get(k, 0)
-                    for k in (
-                        "received",
-                        "waiting",
-                        "key_requests_sent",
-                        "key_requests_answered",
-                        "key_requests_refused",
-                        "recovered",
-                    )
-                }
-            )
-        )
-
-
 async def _postgres_database() -> tuple[str, Callable[[], Awaitable[None]]]:
     import asyncpg
 
@@ -148,7 +117,6 @@ async def make_client(tmp_path: Path, server: RunningServer) -> AsyncIterator[Cl
 
     yield factory
     for client in clients:
-        record_group_stats(client)
         with contextlib.suppress(Exception):
             await client.close()
 

@@ -8,15 +8,16 @@ Example::
         await client.wait_sent(message.id, timeout=10)
 """
 
-from bisik.client._actions import TIMER_CHOICES_S, describe_timer
 from bisik.client._attachment_info import AttachmentInfo
 from bisik.client._attachments import AttachmentError
 from bisik.client._client import Client
+from bisik.client._clock import Clock, ManualClock
 from bisik.client._errors import (
     ClientError,
     IdentityKeyChanged,
     NotConnected,
     ProfileError,
+    StoreMisuse,
 )
 from bisik.client._group_store import LocalGroup, Member
 from bisik.client._linking import LinkError, LinkRequest, VerificationCode
@@ -44,6 +45,8 @@ from bisik.client._models import (
     TypingChanged,
 )
 from bisik.client._recovery import RecoveryError
+from bisik.client._timeline import TIMER_CHOICES_S, describe_timer
+from bisik.client._transport import Transport
 from bisik.crypto import KdfParams, WrongPassword
 from bisik.proto import ErrorCode, ProtocolError
 
@@ -53,6 +56,7 @@ __all__ = [
     "AttachmentInfo",
     "Client",
     "ClientError",
+    "Clock",
     "ConnectionChanged",
     "DecryptionFailed",
     "DeviceInfo",
@@ -67,6 +71,7 @@ __all__ = [
     "LinkError",
     "LinkRequest",
     "LocalGroup",
+    "ManualClock",
     "Member",
     "Message",
     "MessageChanged",
@@ -82,8 +87,10 @@ __all__ = [
     "ProtocolError",
     "ReceiptUpdated",
     "RecoveryError",
+    "StoreMisuse",
     "Synced",
     "TimerChanged",
+    "Transport",
     "TypingChanged",
     "VerificationCode",
     "WrongPassword",

@@ -1,21 +1,19 @@
-"""The account side of a client: verification, this account's devices, linking
-approval and the encrypted backup. Mixed into ``Client``."""
+"""The account side of a client: verifying contacts, this account's devices,
+and approving a new device's link."""
 
 from __future__ import annotations
 
-import logging
-import time
-from collections.abc import Awaitable, Callable
-from typing import Any
 from urllib.parse import quote
 
+from bisik.client._backup import Backup
 from bisik.client._devices import DeviceDirectory
 from bisik.client._errors import ClientError
-from bisik.client._linking import Confirm, approve_link, exporter
-from bisik.client._models import DeviceInfo
-from bisik.client._recovery import build_backup
+from bisik.client._linking import Confirm, approve_link
+from bisik.client._models import DeviceInfo, DeviceStamp
 from bisik.client._store import LocalStore
+from bisik.client._transfer import export_account
 from bisik.client._transport import Transport
+from bisik.client._worker import Step, Worker
 from bisik.crypto import (
     CryptoError,
     IdentityKey,
@@ -23,30 +21,30 @@ from bisik.crypto import (
     encrypt_device_name,
     safety_number,
 )
-from bisik.proto import ProtocolError
-
-# The backup follows changes at most this often (and on close); a larger one
-# waits longer, so that uploading it again and again averages at most
-# BACKUP_BYTES_PER_S (a full backup of 20,000 messages is ~11 MB: one every
-# ~11 minutes instead of every minute).
-BACKUP_INTERVAL_S = 60.0
-BACKUP_BYTES_PER_S = 16 * 1024
-
-log = logging.getLogger("bisik.client")
 
 
-class AccountMixin:
-    username: str
-    device_id: str
-    _transport: Transport
-    _store: LocalStore
-    _devices: DeviceDirectory
-    _identity: IdentityKey
-    _backup_dirty: bool
-    _backup_at: float
-    _backup_wait_s: float
-    _answer_of: Callable[[Awaitable[bool]], Awaitable[bool]]
-    _enqueue: Callable[[str, Any], None]
+class Account:
+    """Verification of contacts, this account's devices, approving a link."""
+
+    def __init__(
+        self,
+        *,
+        db: LocalStore,
+        me: DeviceStamp,
+        identity: IdentityKey,
+        transport: Transport,
+        devices: DeviceDirectory,
+        worker: Worker,
+        backup: Backup,
+    ) -> None:
+        self._store = db
+        self.username = me.username
+        self.device_id = me.device_id
+        self._identity = identity
+        self._transport = transport
+        self._devices = devices
+        self._worker = worker
+        self._backup = backup
 
     @property
     def identity_key(self) -> str:
@@ -72,8 +70,8 @@ class AccountMixin:
         if self._devices.pending_identity(username) is None:
             raise ClientError(f"no identity key known for {username}; message them first")
         await self._devices.trust(username, verified=True)
-        self._backup_dirty = True
-        self._enqueue("resync", None)
+        self._backup.changed()
+        self._worker.submit(Step.RESYNC)
 
     # -- this account's devices -----------------------------------------------------
 
@@ -130,7 +128,7 @@ class AccountMixin:
             transport=self._transport,
             username=self.username,
             identity=self._identity,
-            export=exporter(self._store),
+            export=lambda days: export_account(self._store, history_days=days),
             code_text=code,
             confirm=confirm,
             history_days=history_days,
@@ -138,27 +136,3 @@ class AccountMixin:
         )
         self._devices.forget(self.username)
         return new_id
-
-    # -- backup -------------------------------------------------------------------
-
-    async def backup_now(self) -> bool:
-        """Upload the encrypted account backup; ``False`` if there is no recovery key."""
-        body = build_backup(self._store, self.username)
-        if body is None:
-            return False
-        await self._transport.request("PUT", "/v1/backup", body)
-        self._backup_dirty = False
-        self._backup_at = time.monotonic()
-        self._backup_wait_s = max(BACKUP_INTERVAL_S, len(body["ciphertext"]) / BACKUP_BYTES_PER_S)
-        return True
-
-    async def _maybe_backup(self) -> None:
-        if self._backup_dirty and time.monotonic() - self._backup_at > self._backup_wait_s:
-            try:
-                # Up to 12 MiB on its way: what is pushed meanwhile is opened.
-                await self._answer_of(self.backup_now())
-            except ProtocolError as exc:
-                # Refused for now (server storage full, rate limit): the next
-                # interval tries again; the backup stays marked dirty.
-                log.info("backup refused for now (%s)", exc.code)
-                self._backup_at = time.monotonic()

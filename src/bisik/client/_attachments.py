@@ -31,15 +31,16 @@ from typing import IO, Any
 
 import httpx
 
-from bisik.client._actions import VIEW_ONCE_MAX_MS
+from bisik.client._actions import Actions
 from bisik.client._attachment_info import AttachmentInfo
 from bisik.client._devices import DeviceDirectory
 from bisik.client._errors import ClientError, NotConnected
-from bisik.client._group_store import LocalGroup
+from bisik.client._groups import Groups
 from bisik.client._media import PreparedFile, prepare_file
-from bisik.client._models import Message
-from bisik.client._profile import OpenProfile
-from bisik.client._store import LocalStore
+from bisik.client._membership import Membership
+from bisik.client._models import DeviceStamp, Message
+from bisik.client._outbox import Outbox
+from bisik.client._timeline import VIEW_ONCE_MAX_MS, Timeline
 from bisik.client._transport import Transport
 from bisik.crypto import (
     AttachmentDecryptError,
@@ -327,22 +328,32 @@ async def download(
     return dest
 
 
-class AttachmentsMixin:
-    """Sending and opening attachments. Mixed into ``Client``."""
+class Attachments:
+    """Sending and opening attachments."""
 
-    username: str
-    device_id: str
-    _transport: Transport
-    _store: LocalStore
-    _profile: OpenProfile
-    _devices: DeviceDirectory
-    _queue_message: Callable[[str, str, dict[str, Any], dict[str, Any]], Message]
-    conversation_id: Callable[[str], str]
-    _outgoing_extras: Callable[[str, str | None], dict[str, Any]]
-    group: Callable[[str], LocalGroup]
-    _find: Callable[[str], Message | None]
-    _view_once_opened: Callable[[Message], bool]
-    _open_view_once: Callable[[Message], None]
+    def __init__(
+        self,
+        *,
+        timeline: Timeline,
+        outbox: Outbox,
+        groups: Groups,
+        membership: Membership,
+        actions: Actions,
+        me: DeviceStamp,
+        transport: Transport,
+        devices: DeviceDirectory,
+        home: Path,
+    ) -> None:
+        self._timeline = timeline
+        self._store = timeline.db
+        self._outbox = outbox
+        self._groups = groups
+        self._membership = membership
+        self._actions = actions
+        self.username = me.username
+        self._transport = transport
+        self._devices = devices
+        self._home = home
 
     async def send_file(
         self,
@@ -379,16 +390,14 @@ class AttachmentsMixin:
         caption_bytes = len(caption.encode())
         if caption_bytes > MAX_CAPTION_BYTES:
             raise ClientError(f"caption too long ({MAX_CAPTION_BYTES:,} bytes at most)")
-        conversation = self.conversation_id(peer)
-        extras = self._outgoing_extras(conversation, reply_to)
+        conversation = self._membership.conversation_id(peer)
+        extras = self._timeline.outgoing_extras(conversation, reply_to)
         if view_once:
             extras["view_once"] = True
             extras.setdefault("ttl_ms", VIEW_ONCE_MAX_MS)
+        route: dict[str, Any]
         if peer.startswith("#"):
-            group = self.group(peer)
-            if not group.active:
-                raise ClientError("you are no longer a member of this group")
-            route: dict[str, Any] = {"group": group.group_id, "type": "text"}
+            conversation, route = self._groups.route(peer)
         else:
             await self._devices.recipient_devices(peer, refresh=False)
             route = {"to": peer}
@@ -418,19 +427,21 @@ class AttachmentsMixin:
         # The sender keeps its own file as it was (not the re-encoded upload).
         local = None if prepared.stripped else str(prepared.path)
         with self._store.transaction():
-            message = self._queue_message(
+            message = self._outbox.queue_message(
                 conversation, caption, route, {"attachment": info.model_dump(), **extras}
             )
-            self._store.put_attachment(self.username, message.id, info.model_dump_json(), local)
+            self._timeline.rows.put_attachment(
+                self.username, message.id, info.model_dump_json(), local
+            )
         return dataclasses.replace(message, attachment=info)
 
     def attachment(self, message_id: str) -> tuple[AttachmentInfo, Path | None] | None:
         """The attachment of a message (by id), and where it is saved if it is."""
-        row = self._store.attachment(message_id)
-        if row is None:
+        stored = self._timeline.rows.attachment(message_id)
+        if stored is None:
             return None
-        info, local = row
-        return AttachmentInfo.model_validate_json(info), Path(local) if local else None
+        local = stored.local_path
+        return AttachmentInfo.model_validate_json(stored.info), Path(local) if local else None
 
     async def download_attachment(
         self, message_id: str, out: Path | None = None, *, progress: Progress | None = None
@@ -451,50 +462,38 @@ class AttachmentsMixin:
         if found is None:
             raise AttachmentError(f"message {message_id} has no attachment")
         info, _ = found
-        message = self._find(message_id)
+        message = self._timeline.find(message_id)
         view_once = message is not None and message.view_once
         if view_once:
             assert message is not None
             if message.direction == "out":
                 raise AttachmentError("a view-once file is for its recipients only")
-            if self._view_once_opened(message):
+            if self._timeline.view_once_opened(message):
                 raise AttachmentError("this view-once file was already opened")
             out = None  # inside the profile, so it is deleted with the message
-        dest = target_path(info, out, self._profile.home / "downloads")
+        dest = target_path(info, out, self._home / "downloads")
         await download(self._transport, info, dest, progress)
         with self._store.transaction():
-            self._store.set_attachment_path(message_id, str(dest.resolve()))
+            self._timeline.rows.set_attachment_path(message_id, str(dest.resolve()))
             if view_once:
                 assert message is not None
-                self._open_view_once(message)
+                self._actions.opened_view_once(message)
         return dest
 
     async def delete_attachment(self, message_id: str) -> None:
         """Forget a message's attachment here and, if this account uploaded it,
         delete its blob from the server at once (the server's expiry does it otherwise)."""
-        row = self._store.attachment_owner(message_id)
-        found = self.attachment(message_id)
-        if found is None or row is None:
+        stored = self._timeline.rows.attachment(message_id)
+        if stored is None:
             return
-        info, _ = found
-        if row == self.username:
+        info = AttachmentInfo.model_validate_json(stored.info)
+        if stored.sender == self.username:
             with contextlib.suppress(ProtocolError):
                 await self._transport.request("DELETE", f"/v1/blobs/{info.blob_id}")
         with self._store.transaction():
-            self._store.forget_attachment(message_id)
+            self._timeline.rows.forget_attachment(message_id)
 
     async def attachment_usage(self) -> dict[str, int]:
         """Bytes of attachments this account stores on the server, and its limits."""
         answer = await self._transport.request("GET", "/v1/blobs/usage")
         return {k: int(v) for k, v in answer.items()}
-
-    def _with_attachments(self, messages: list[Message]) -> list[Message]:
-        found = self._store.attachments_of([(m.sender, m.id) for m in messages])
-        return [
-            dataclasses.replace(
-                m, attachment=AttachmentInfo.model_validate_json(found[(m.sender, m.id)])
-            )
-            if (m.sender, m.id) in found
-            else m
-            for m in messages
-        ]

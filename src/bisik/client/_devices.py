@@ -13,6 +13,7 @@ import time
 from typing import Any
 from urllib.parse import quote
 
+from bisik.client._clock import Clock
 from bisik.client._errors import ClientError, IdentityKeyChanged
 from bisik.client._store import LocalStore, StoredDevice
 from bisik.client._transport import Transport
@@ -30,10 +31,6 @@ log = logging.getLogger("bisik.client.devices")
 
 # How long a fetched device list is used before asking the server again.
 DEVICE_LIST_TTL_S = 300.0
-
-
-def _now() -> int:
-    return int(time.time() * 1000)
 
 
 def _verified(username: str, identity_key: str, raw: dict[str, Any]) -> StoredDevice | None:
@@ -55,7 +52,8 @@ def _verified(username: str, identity_key: str, raw: dict[str, Any]) -> StoredDe
 
 
 class DeviceDirectory:
-    def __init__(self, store: LocalStore, transport: Transport) -> None:
+    def __init__(self, store: LocalStore, transport: Transport, clock: Clock) -> None:
+        self._clock = clock
         self._store = store
         self._transport = transport
         self._fetched: dict[str, float] = {}
@@ -96,7 +94,7 @@ class DeviceDirectory:
                 log.warning("ignoring a device of %s not signed by their identity key", username)
                 continue
             devices.append(device)
-        now = _now()
+        now = self._clock()
         with self._store.transaction():
             pinned = self._store.pinned_identity(username)
             if pinned is None:
@@ -185,7 +183,7 @@ class DeviceDirectory:
         if pinned[1] is None:
             if verified:
                 with self._store.transaction():
-                    self._store.pin_identity(username, pinned[0], _now(), verified=True)
+                    self._store.pin_identity(username, pinned[0], self._clock(), verified=True)
             return
         if self._store.is_verified(username) and not verified:
             raise ClientError(
@@ -193,7 +191,7 @@ class DeviceDirectory:
                 f"safety number (`bisik verify {username}`) before accepting it"
             )
         with self._store.transaction():
-            self._store.pin_identity(username, pinned[1], _now(), verified=verified)
+            self._store.pin_identity(username, pinned[1], self._clock(), verified=verified)
         await self._fetch(username)
 
     def pending_identity(self, username: str) -> str | None:

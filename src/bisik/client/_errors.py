@@ -32,6 +32,13 @@ class IdentityKeyChanged(ClientError):
         self.new = new
 
 
+class StoreMisuse(RuntimeError):
+    """A bug: a store write outside a transaction, or a transaction that awaited.
+
+    The client's concurrency rule (see ``Client``) depends on neither happening.
+    """
+
+
 __all__ = [
     "ClientError",
     "ErrorCode",
@@ -39,4 +46,5 @@ __all__ = [
     "NotConnected",
     "ProfileError",
     "ProtocolError",
+    "StoreMisuse",
 ]

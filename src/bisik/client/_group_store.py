@@ -131,10 +131,10 @@ class GroupStore:
         self._parsed: dict[str, tuple[str, list[Member]]] = {}
         for statement in _SCHEMA.split(";"):
             if statement.strip():
-                store._exec(statement)
+                store.execute(statement)
 
     def _exec(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
-        return self._store._exec(sql, params)
+        return self._store.execute(sql, params)
 
     # -- groups -------------------------------------------------------------------
 

@@ -25,15 +25,14 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from bisik.client._errors import ClientError
-from bisik.client._setup import NewDevice, new_device
+from bisik.client._setup import NewDevice, ReadyDevice, new_device
 from bisik.client._transfer import (
     AccountExport,
-    export_account,
     identity_secret,
     import_account,
 )
@@ -52,6 +51,8 @@ from bisik.crypto import (
 
 # Each sealed account part stays well below the server's 900 KiB message limit.
 _PART_CHARS = 400_000
+
+C = TypeVar("C")
 
 
 class LinkError(ClientError):
@@ -136,11 +137,16 @@ async def _read_sealed(mailbox: _Mailbox, channel: LinkChannel, timeout: float) 
         raise LinkError(f"the linking channel was tampered with: {exc}") from None
 
 
-class LinkRequest:
-    """The new device's side. ``start`` it, show ``code``, then ``finish``."""
+class LinkRequest(Generic[C]):
+    """The new device's side. ``start`` it, show ``code``, then ``finish``.
+
+    ``finish`` returns what ``open_client`` makes of the linked device (the
+    SDK's ``Client``).
+    """
 
     def __init__(
         self,
+        open_client: Callable[[ReadyDevice], C],
         device: NewDevice,
         transport: Transport,
         code: PairingCode,
@@ -148,6 +154,7 @@ class LinkRequest:
         mailbox: _Mailbox,
         stack: Any,
     ) -> None:
+        self._open_client = open_client
         self._device = device
         self._transport = transport
         self.pairing = code
@@ -171,8 +178,14 @@ class LinkRequest:
 
     @classmethod
     async def start(
-        cls, home: Path, *, server_url: str, password: str, kdf: KdfParams | None = None
-    ) -> LinkRequest:
+        cls,
+        home: Path,
+        *,
+        server_url: str,
+        password: str,
+        open_client: Callable[[ReadyDevice], C],
+        kdf: KdfParams | None = None,
+    ) -> LinkRequest[C]:
         """Create this device's profile and keys and open a pairing channel."""
         transport = Transport(server_url)
         manager = new_device(home, password, kdf)
@@ -195,7 +208,7 @@ class LinkRequest:
             await manager.__aexit__(type(exc), exc, exc.__traceback__)
             raise
         mailbox = _Mailbox(transport, code.channel, str(opened["token"]))
-        return cls(device, transport, code, private, mailbox, manager)
+        return cls(open_client, device, transport, code, private, mailbox, manager)
 
     async def wait_for_approver(self, timeout: float = 300.0) -> VerificationCode:
         """Wait for an existing device to take the code; returns the code to compare.
@@ -215,15 +228,13 @@ class LinkRequest:
             raise LinkError(f"bad answer from the other device: {exc}") from None
         return _sas(self._channel)
 
-    async def finish(self, *, device_name: str | None = None, timeout: float = 300.0) -> Any:
+    async def finish(self, *, device_name: str | None = None, timeout: float = 300.0) -> C:
         """Complete linking once the user approved on the existing device.
 
         Returns:
             The new device's ``Client``, registered, with the account's contacts and
             the transferred history.
         """
-        from bisik.client._client import Client
-
         await self.wait_for_approver(timeout)
         channel = self._channel
         assert channel is not None
@@ -276,7 +287,7 @@ class LinkRequest:
             raise
         await self._stack.__aexit__(None, None, None)
         await self._transport.http.aclose()
-        return Client(device.profile, device.machine, identity)
+        return self._open_client(ReadyDevice(device.profile, device.machine, identity))
 
     async def cancel(self) -> None:
         """Give up: the profile being made is removed."""
@@ -353,8 +364,4 @@ async def approve_link(
     return new_device_id
 
 
-def exporter(store: Any) -> Callable[[int], AccountExport]:
-    return lambda days: export_account(store, history_days=days)
-
-
-__all__ = ["LinkError", "LinkRequest", "VerificationCode", "approve_link", "exporter"]
+__all__ = ["LinkError", "LinkRequest", "VerificationCode", "approve_link"]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bisik.client._errors import ClientError
-from bisik.client._setup import new_device
+from bisik.client._setup import ReadyDevice, new_device
 from bisik.client._store import LocalStore
 from bisik.client._transfer import export_account, identity_secret, import_account
 from bisik.client._transport import Transport
@@ -65,19 +65,13 @@ async def recover(
     recovery_key: str,
     password: str,
     kdf: KdfParams | None = None,
-    revoke_others: bool = True,
     device_name: str | None = None,
-) -> Any:
+) -> ReadyDevice:
     """Restore an account on a fresh device from its backup and the recovery key.
 
-    Args:
-        revoke_others: revoke every other device of the account (they are lost,
-            perhaps stolen), as the default.
-
     Returns:
-        The new device's ``Client``.
+        The new device, registered, with the account's contacts and history.
     """
-    from bisik.client._client import Client
 
     try:
         key = RecoveryKey.from_text(recovery_key)
@@ -121,12 +115,7 @@ async def recover(
                 device.profile.store.set_meta("recovery_key", key.to_text())
     finally:
         await transport.http.aclose()
-    client = Client(device.profile, device.machine, identity)
-    if revoke_others:
-        for other in await client.list_devices():
-            if not other.current:
-                await client.remove_device(other.device_id)
-    return client
+    return ReadyDevice(device.profile, device.machine, identity)
 
 
 __all__ = ["RecoveryError", "build_backup", "recover"]

@@ -38,6 +38,19 @@ def default_device_name() -> str:
     return (platform.node() or "bisik device")[:64]
 
 
+@dataclass(frozen=True)
+class ReadyDevice:
+    """A registered device's unlocked profile, Olm account and identity key:
+    what a ``Client`` is opened from."""
+
+    profile: OpenProfile
+    machine: OlmMachine
+    identity: IdentityKey
+
+    def __repr__(self) -> str:
+        return f"ReadyDevice({self.profile!r})"
+
+
 @dataclass
 class NewDevice:
     """A device's fresh profile and keys, before the server knows it."""

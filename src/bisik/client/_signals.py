@@ -12,6 +12,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
+from bisik.client._clock import Clock
 from bisik.client._models import (
     Event,
     MessagesRead,
@@ -20,6 +21,7 @@ from bisik.client._models import (
     TypingChanged,
 )
 from bisik.client._store import LocalStore
+from bisik.client._timeline_store import TimelineStore
 
 # A sender refreshes "typing" at most this often; a receiver drops it this long
 # after the last refresh.
@@ -27,13 +29,13 @@ TYPING_THROTTLE_S = 3.0
 TYPING_TIMEOUT_S = 6.0
 
 
-def _now() -> int:
-    return int(time.time() * 1000)
-
-
 class Signals:
-    def __init__(self, store: LocalStore, username: str, emit: Callable[[Event], None]) -> None:
+    def __init__(
+        self, store: LocalStore, username: str, emit: Callable[[Event], None], clock: Clock
+    ) -> None:
         self._store = store
+        self._rows = TimelineStore(store)
+        self._clock = clock
         self._username = username
         self._emit = emit
         self._last_start: dict[str, float] = {}
@@ -79,11 +81,13 @@ class Signals:
             return []
         if sender == self._username:
             # Another of our devices read these: unread counts agree everywhere.
-            marked = self._store.mark_read(receipt.conversation, receipt.ids, _now())
+            marked = self._rows.mark_read(receipt.conversation, receipt.ids, self._clock())
             return [MessagesRead(receipt.conversation, marked)] if marked else []
         if receipt.kind == "read" and not self.enabled("read_receipts"):
             return []
-        ours = self._store.add_receipt(receipt.ids, sender, sender_device, receipt.kind, _now())
+        ours = self._rows.add_receipt(
+            receipt.ids, sender, sender_device, receipt.kind, self._clock()
+        )
         return [ReceiptUpdated(sender, sender_device, receipt.kind, ours)] if ours else []
 
     def typing_event(self, event: TypingChanged) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from bisik.client._models import Message
 from bisik.client._store import LocalStore
+from bisik.client._timeline_store import TimelineStore
 from bisik.crypto import b64decode, b64encode
 
 TRANSFER_VERSION = 1
@@ -51,7 +52,7 @@ def export_account(store: LocalStore, *, history_days: int) -> AccountExport:
     history: list[str] = []
     if history_days > 0:
         since = int(time.time() * 1000) - history_days * DAY_MS
-        history = store.history_since(since, MAX_HISTORY_MESSAGES)
+        history = TimelineStore(store).history_since(since, MAX_HISTORY_MESSAGES)
     head = {
         "v": TRANSFER_VERSION,
         "identity_key": secret,
@@ -89,6 +90,7 @@ def import_account(store: LocalStore, data: dict[str, Any]) -> int:
             # A pending key change stays pending (and a hard stop if verified).
             store.mark_identity_changed(str(contact["username"]), contact["changed_to"])
     imported = 0
+    rows = TimelineStore(store)
     for raw in data.get("history", []):
         message = Message(
             id=str(raw["id"]),
@@ -102,7 +104,7 @@ def import_account(store: LocalStore, data: dict[str, Any]) -> int:
             server_seq=raw.get("server_seq"),
             state=str(raw["state"]),
         )
-        imported += store.insert_message(message)
+        imported += rows.insert_message(message)
     # History a device was handed is not news to the user: it starts out read.
-    store.mark_all_read(int(time.time() * 1000))
+    rows.mark_all_read(int(time.time() * 1000))
     return imported
