@@ -303,7 +303,7 @@ async def test_download_resumes_after_a_cut_connection(
 
     from bisik.client._attachments import download
 
-    out = await download(bob._transport, info[0], tmp_path / "copy.bin", progress)
+    out = await download(bob.transport, info[0], tmp_path / "copy.bin", progress)
     assert proxy.cuts == 1
     assert sha256_file(out) == expected
     assert seen == sorted(seen)
@@ -401,7 +401,7 @@ async def test_expired_blobs_and_abandoned_uploads_are_collected(
     await alice.send_file("bob", src)
     got = await received_attachment(inbox)
     # An upload that was started and never finished.
-    abandoned = await alice._transport.request("POST", "/v1/blobs", {"size": 5000})
+    abandoned = await alice.transport.request("POST", "/v1/blobs", {"size": 5000})
     assert len(blob_files(server)) == 2
 
     blobs = server.services.blobs
@@ -413,7 +413,7 @@ async def test_expired_blobs_and_abandoned_uploads_are_collected(
     assert await blobs.collect_garbage() == 1  # the abandoned upload (24 h)
     assert [p.name for p in blob_files(server)] == [got.attachment.blob_id]
     with pytest.raises(ProtocolError) as gone:
-        await alice._transport.request("GET", f"/v1/blobs/{abandoned['blob_id']}")
+        await alice.transport.request("GET", f"/v1/blobs/{abandoned['blob_id']}")
     assert gone.value.code == "blob_not_found"
 
     monkeypatch.setattr(handler_module, "now_ms", lambda: real_now() + 31 * 86_400_000)
@@ -428,11 +428,11 @@ async def test_blob_access_rules_and_bad_input(
 ) -> None:
     alice = await make_client("alice")
     bob = await make_client("bob")
-    status = await alice._transport.request("POST", "/v1/blobs", {"size": 10})
+    status = await alice.transport.request("POST", "/v1/blobs", {"size": 10})
     blob_id = status["blob_id"]
     assert len(blob_id) == 43 and status["received"] == 0
-    alice_auth = {"Authorization": f"Bearer {await alice._transport.token()}"}
-    bob_auth = {"Authorization": f"Bearer {await bob._transport.token()}"}
+    alice_auth = {"Authorization": f"Bearer {await alice.transport.token()}"}
+    bob_auth = {"Authorization": f"Bearer {await bob.transport.token()}"}
 
     async with httpx.AsyncClient(base_url=server.url) as http:
 

@@ -157,7 +157,7 @@ async def test_revoked_device_is_signed_out_and_gets_nothing(
         assert {d.device_id for d in await alice.list_devices()} == {alice.device_id}
 
         await asyncio.sleep(0.3)
-        envelopes = await bob._encrypt_for(
+        envelopes = await bob.encrypt_for(
             "afterrevoke001", {"to": "alice", "body": "x", "sent_at": 1}
         )
         assert {e["device_id"] for e in envelopes} == {alice.device_id}
@@ -227,14 +227,14 @@ async def test_a_device_revoked_by_another_server_process_is_refused_at_its_next
     carol = await make_client("carol")
     monkeypatch.setattr(namespace_module, "REVALIDATE_S", 0.0)
     results = await asyncio.gather(
-        *(c._transport.call("keys_count", {}) for c in (alice, bob, carol) for _ in range(5))
+        *(c.transport.call("keys_count", {}) for c in (alice, bob, carol) for _ in range(5))
     )
     assert all("one_time_keys" in r for r in results)
     async with server.services.engine.begin() as conn:  # as another process would
         await conn.execute(
             update(devices).where(devices.c.device_id == bob.device_id).values(revoked_at=1)
         )
-    calls = [c._transport.call("keys_count", {}) for c in (alice, bob, carol)]
+    calls = [c.transport.call("keys_count", {}) for c in (alice, bob, carol)]
     answers = await asyncio.gather(*calls, return_exceptions=True)
     assert "one_time_keys" in answers[0] and "one_time_keys" in answers[2]  # type: ignore[operator]
     refused = answers[1]  # the socket is closed before (or as) the refusal goes out
@@ -314,14 +314,14 @@ async def test_a_large_backup_is_uploaded_again_less_often(
 ) -> None:
     alice = await make_client("alice")
     uploads: list[int] = []
-    request = alice._transport.request
+    request = alice.transport.request
 
     async def counted(method: str, path: str, body: Any = None) -> Any:
         if path == "/v1/backup":
             uploads.append(len(body["ciphertext"]))
         return await request(method, path, body)
 
-    monkeypatch.setattr(alice._transport, "request", counted)
+    monkeypatch.setattr(alice.transport, "request", counted)
     # At 4 bytes/s of average upload, even this small backup waits more than a minute.
     monkeypatch.setattr(account_module, "BACKUP_BYTES_PER_S", 4)
     assert await alice.backup_now()
@@ -464,11 +464,11 @@ async def test_a_device_joins_only_with_a_grant_or_the_recovery_key(
         ):
             body = rogue.add_device_body("alice", identity, "rogue", **extra)  # type: ignore[arg-type]
             with pytest.raises(ProtocolError) as err:
-                await alice._transport.request("POST", "/v1/devices", body, auth=False)
+                await alice.transport.request("POST", "/v1/devices", body, auth=False)
             assert err.value.code in ("unauthorized", "bad_signature", "bad_request")
-        grant = (await alice._transport.request("POST", "/v1/devices/grant"))["grant"]
+        grant = (await alice.transport.request("POST", "/v1/devices/grant"))["grant"]
         body = rogue.add_device_body("alice", identity, "ok", grant=grant)
-        await alice._transport.request("POST", "/v1/devices", body, auth=False)
+        await alice.transport.request("POST", "/v1/devices", body, auth=False)
         with pytest.raises(ProtocolError):  # a grant works once
-            await alice._transport.request("POST", "/v1/devices", body, auth=False)
+            await alice.transport.request("POST", "/v1/devices", body, auth=False)
         rogue.profile.close()

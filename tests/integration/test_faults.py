@@ -243,7 +243,7 @@ async def test_sigkilled_server_loses_and_duplicates_nothing(tmp_path: Path) -> 
 
 def sever(client: Client) -> bool:
     """Cut the client's TCP connection with no close frame, like a pulled cable."""
-    ws = client._transport.sio.eio.ws
+    ws = client.transport.sio.eio.ws
     transport = getattr(getattr(ws, "_conn", None), "transport", None)
     if transport is None or transport.is_closing():
         return False
@@ -260,7 +260,7 @@ def cut_at_random(
     before an ``ack`` would leave (shown here, still queued on the server), and as
     a pushed envelope arrives (before it is handled).
     """
-    sio = device.client._transport.sio
+    sio = device.client.transport.sio
     emit = sio.emit
     on_envelope = sio.handlers["/"]["envelope"]
 
@@ -324,7 +324,7 @@ async def test_a_call_fails_at_once_when_its_connection_drops(
 
     namespace._handlers["sync"] = stuck
     try:
-        call = asyncio.create_task(device.client._transport.call("sync", {}, timeout=3600))
+        call = asyncio.create_task(device.client.transport.call("sync", {}, timeout=3600))
         await asyncio.wait_for(entered.wait(), 10)
         assert sever(device.client)
         with pytest.raises(NotConnected):
@@ -338,7 +338,7 @@ async def test_a_call_fails_at_once_when_its_connection_drops(
 async def test_a_closed_client_stops_reconnecting(server: RunningServer, tmp_path: Path) -> None:
     device = await new_device(tmp_path, server.url, "alice")
     await server.stop()
-    sio = device.client._transport.sio
+    sio = device.client.transport.sio
     await wait_for(lambda: sio._reconnect_task is not None, 10)
     await device.client.close()
     assert sio._reconnect_task is None or sio._reconnect_task.done()
@@ -536,7 +536,7 @@ async def test_full_disk_refuses_clearly_and_recovers(tmp_path: Path) -> None:
         stuck = alice.client.pending_count()
         assert stuck > 0, "the disk never filled up"
         assert alice.client.connected and bob.client.connected
-        assert (await bob.client._transport.call("sync", {"limit": 1}))["ok"] is True
+        assert (await bob.client.transport.call("sync", {"limit": 1}))["ok"] is True
 
         server.free_disk()
         await wait_converged(devices, timeout=120)

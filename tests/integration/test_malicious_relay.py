@@ -87,7 +87,7 @@ async def test_replayed_envelope_is_not_shown_twice(
                     created_at=original.created_at,
                 )
             )
-    bob._queue.put_nowait(("resync", None))
+    bob.resync()
     await drained(server, bob)
     assert [e.message.body for e in shown(events)] == ["canary-replay: the code is 0451"]
     assert [m.body for m in bob.history("alice")] == ["canary-replay: the code is 0451"]

@@ -68,7 +68,7 @@ async def test_unsigned_injected_device_gets_nothing(
     alice = await make_client("alice")
     bob = await make_client("bob")
     await inject_device(server, "bob", IdentityKey.generate())  # not bob's identity key
-    envelopes = await alice._encrypt_for(
+    envelopes = await alice.encrypt_for(
         "injected000001", {"to": "bob", "body": "secret", "sent_at": 1}
     )
     assert [(e["username"], e["device_id"]) for e in envelopes] == [("bob", bob.device_id)]
@@ -108,7 +108,7 @@ async def test_messages_from_an_impostor_identity_are_held_until_trusted(
     evil, impostor = await replace_identity(server, "bob")
 
     # The impostor device opens an Olm session to alice with one of her keys.
-    token = await bob._transport.token()
+    token = await bob.transport.token()
     async with httpx.AsyncClient(
         base_url=server.url, headers={"Authorization": f"Bearer {token}"}
     ) as http:
@@ -160,7 +160,7 @@ async def test_messages_from_an_impostor_identity_are_held_until_trusted(
                 created_at=1,
             )
         )
-    alice._queue.put_nowait(("resync", None))
+    alice.resync()
     changed = await next_event(inbox, IdentityChanged)
     assert changed.username == "bob"
     assert changed.new == evil.public_key

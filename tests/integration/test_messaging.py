@@ -35,7 +35,7 @@ def hold_sends(client: Client, monkeypatch: pytest.MonkeyPatch) -> tuple[asyncio
     """Hold the client's sends before they reach the server (``held`` is set
     when one is held) until ``release`` is set."""
     release, held = asyncio.Event(), asyncio.Event()
-    call = client._transport.call
+    call = client.transport.call
 
     async def slow_call(event: str, data: Any, timeout: float = 15.0) -> dict[str, Any]:
         if event in ("send", "send_many"):
@@ -43,7 +43,7 @@ def hold_sends(client: Client, monkeypatch: pytest.MonkeyPatch) -> tuple[asyncio
             await release.wait()
         return await call(event, data, timeout)
 
-    monkeypatch.setattr(client._transport, "call", slow_call)
+    monkeypatch.setattr(client.transport, "call", slow_call)
     return release, held
 
 
@@ -166,7 +166,7 @@ async def test_a_push_opened_while_a_send_waits_does_not_overtake_a_queued_resyn
     first = await alice.send_text("bob", "first")
     await alice.wait_sent(first.id, timeout=10)
     assert lost  # its push never reached bob
-    await bob._on_resync()  # what the server sends after losing pushes
+    bob.resync()  # what the server asks for after losing pushes
     second = await alice.send_text("bob", "second")
     await alice.wait_sent(second.id, timeout=10)
     await asyncio.sleep(0.2)  # its push reaches bob while his send is held
@@ -184,17 +184,17 @@ async def test_a_send_to_a_new_peer_is_queued_when_the_server_just_became_unreac
     alice = await make_client("alice")
     carol = await make_client("carol")
     c_in = carol.subscribe()
-    http = alice._transport.http
+    http = alice.transport.http
     dead = httpx.AsyncClient(base_url=f"http://127.0.0.1:{free_port()}")
-    monkeypatch.setattr(alice._transport, "http", dead)
+    monkeypatch.setattr(alice.transport, "http", dead)
     try:
         assert alice.connected
         message = await alice.send_text("carol", "first words")
         assert message.state == "pending" and alice.pending_count() == 1
     finally:
-        monkeypatch.setattr(alice._transport, "http", http)
+        monkeypatch.setattr(alice.transport, "http", http)
         await dead.aclose()
-    alice._queue.put_nowait(("flush", None))  # what the next reconnect would do
+    alice.flush_outbox()  # what the next reconnect would do
     assert await received_bodies(c_in, 1) == ["first words"]
     assert (await alice.wait_sent(message.id, timeout=10)).state in ("sent", "delivered")
 
@@ -239,14 +239,14 @@ async def test_pushed_messages_are_acked_once_per_burst(
     alice = await make_client("alice")
     bob = await make_client("bob")
     acks: list[list[int]] = []
-    tell = bob._transport.tell
+    tell = bob.transport.tell
 
     async def counting_tell(event: str, data: Any) -> None:
         if event == "ack":
             acks.append(list(data["ids"]))
         await tell(event, data)
 
-    bob._transport.tell = counting_tell  # type: ignore[method-assign]
+    bob.transport.tell = counting_tell  # type: ignore[method-assign]
     inbox = bob.subscribe()
     for i in range(5):  # each its own push
         await alice.send_text("bob", f"one by one {i}")
@@ -379,13 +379,13 @@ async def test_resent_message_id_is_stored_and_delivered_once(
     alice = await make_client("alice")
     bob = await make_client("bob", connect=False)
     # What the outbox does after a reconnect: the same id and envelopes again.
-    envelopes = await alice._encrypt_for(
+    envelopes = await alice.encrypt_for(
         "retrymessage01", {"to": "bob", "body": "only once", "sent_at": 1}
     )
-    first = await alice._transport.call(
+    first = await alice.transport.call(
         "send", {"client_message_id": "retrymessage01", "envelopes": envelopes}
     )
-    again = await alice._transport.call(
+    again = await alice.transport.call(
         "send", {"client_message_id": "retrymessage01", "envelopes": envelopes}
     )
     assert first["duplicate"] is False
@@ -408,14 +408,14 @@ async def test_tampered_envelope_is_rejected_and_nothing_else_breaks(
     await alice.send_text("bob", "before")
     await next_event(inbox, MessageReceived)
 
-    envelopes = await alice._encrypt_for(
+    envelopes = await alice.encrypt_for(
         "tampered000001", {"to": "bob", "body": "evil", "sent_at": 1}
     )
     body = envelopes[0]["body"]
     middle = len(body) // 2
     flipped = "A" if body[middle] != "A" else "B"
     envelopes[0]["body"] = body[:middle] + flipped + body[middle + 1 :]
-    await alice._transport.call(
+    await alice.transport.call(
         "send", {"client_message_id": "tampered000001", "envelopes": envelopes}
     )
     failed = await next_event(inbox, DecryptionFailed)
@@ -432,13 +432,13 @@ async def test_envelope_for_another_device_is_refused(make_client: ClientFactory
     await make_client("bob")
     carol = await make_client("carol")
     inbox = carol.subscribe()
-    envelopes = await alice._encrypt_for(
+    envelopes = await alice.encrypt_for(
         "misrouted00001", {"to": "bob", "body": "for bob only", "sent_at": 1}
     )
     carol_device = carol.device_id
     envelopes[0]["username"] = "carol"
     envelopes[0]["device_id"] = carol_device
-    await alice._transport.call(
+    await alice.transport.call(
         "send", {"client_message_id": "misrouted00001", "envelopes": envelopes}
     )
     failed = await next_event(inbox, DecryptionFailed)
@@ -451,7 +451,7 @@ async def test_concurrent_one_time_key_claims_never_share_a_key(
 ) -> None:
     alice = await make_client("alice")
     bob = await make_client("bob", connect=False)
-    token = await alice._transport.token()
+    token = await alice.transport.token()
     headers = {"Authorization": f"Bearer {token}"}
     body = {"devices": [{"username": "bob", "device_id": bob.device_id}]}
     async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=30) as http:
@@ -472,7 +472,7 @@ async def test_low_one_time_keys_are_replenished(
 ) -> None:
     alice = await make_client("alice")
     bob = await make_client("bob")
-    token = await alice._transport.token()
+    token = await alice.transport.token()
     body = {"devices": [{"username": "bob", "device_id": bob.device_id}]}
     async with httpx.AsyncClient(
         base_url=server.url, headers={"Authorization": f"Bearer {token}"}
@@ -481,7 +481,7 @@ async def test_low_one_time_keys_are_replenished(
             assert (await http.post("/v1/keys/claim", json=body)).status_code == 200
         count = 0
         for _ in range(100):
-            bob_token = await bob._transport.token()
+            bob_token = await bob.transport.token()
             answer = await http.get(
                 "/v1/keys/count", headers={"Authorization": f"Bearer {bob_token}"}
             )
@@ -515,7 +515,7 @@ async def test_fallback_key_when_one_time_keys_run_out_then_replaced(
 ) -> None:
     eve = await make_client("eve")
     bob = await make_client("bob")
-    token = await eve._transport.token()
+    token = await eve.transport.token()
     body = {"devices": [{"username": "bob", "device_id": bob.device_id}]}
     async with httpx.AsyncClient(
         base_url=server.url, headers={"Authorization": f"Bearer {token}"}
@@ -541,7 +541,7 @@ async def test_fallback_key_when_one_time_keys_run_out_then_replaced(
             # Told on connect that the fallback was used, bob publishes fresh keys.
             counts = {}
             for _ in range(100):
-                counts = await bob2._transport.call("keys_count", {})
+                counts = await bob2.transport.call("keys_count", {})
                 if counts["one_time_keys"] == 50 and not counts["fallback_used"]:
                     break
                 await asyncio.sleep(0.05)
@@ -558,7 +558,7 @@ async def test_a_device_cannot_pile_up_one_time_keys(make_client: ClientFactory)
     with alice._store.transaction():
         keys = alice._machine.generate_one_time_keys(160)
     with pytest.raises(ProtocolError) as err:
-        await alice._transport.call("keys_upload", {"one_time_keys": keys})
+        await alice.transport.call("keys_upload", {"one_time_keys": keys})
     assert err.value.code == "too_many_keys"
-    counts = await alice._transport.call("keys_count", {})
+    counts = await alice.transport.call("keys_count", {})
     assert counts["one_time_keys"] == 50  # nothing of the refused upload was stored

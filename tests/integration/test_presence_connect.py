@@ -56,7 +56,7 @@ async def test_first_socket_in_and_last_socket_out_are_announced(
         await phone.update_settings(presence=False)
         hidden = await next_event(events, PresenceChanged)
         assert (hidden.username, hidden.online) == ("bob", False)
-        await phone._transport.sio.disconnect()
+        await phone.transport.sio.disconnect()
         await phone.connect()
         await asyncio.wait_for(phone.synced.wait(), 10)
     finally:

@@ -48,7 +48,7 @@ async def restart(server: RunningServer, *clients: Client) -> None:
 
 
 def held_token(client: Client) -> str:
-    token = client._transport._token
+    token = client.transport._token
     assert token is not None
     return token
 
@@ -95,7 +95,7 @@ async def test_connect_signs_in_again_when_its_token_is_refused(
     alice = await make_client("alice")
     bob = await make_client("bob")
     old = held_token(alice)
-    await alice._transport.sio.disconnect()
+    await alice.transport.sio.disconnect()
     await expire(server, old)
     await alice.connect()
     await asyncio.wait_for(alice.synced.wait(), 10)

@@ -77,8 +77,8 @@ async def test_message_crosses_server_nodes_live(tmp_path: Path) -> None:
         await nodes[1].stop()
         bob = await Client.open(tmp_path / "bob", PASSWORD)
         clients.append(bob)
-        bob._transport.server_url = nodes[0].url  # the same account, through node 0
-        bob._transport.http.base_url = nodes[0].url  # type: ignore[assignment]
+        bob.transport.server_url = nodes[0].url  # the same account, through node 0
+        bob.transport.http.base_url = nodes[0].url  # type: ignore[assignment]
         b_in = bob.subscribe()
         await bob.connect()
         assert (await next_event(b_in, MessageReceived)).message.body == "while node 1 is down"

@@ -110,13 +110,13 @@ async def test_outbox_backlog_goes_out_in_frames_and_in_order(
     assert (await next_event(inbox, MessageReceived)).message.body == "hello"
 
     events: list[str] = []
-    call = alice._transport.call
+    call = alice.transport.call
 
     async def spy(event: str, data: Any, timeout: float = 15.0) -> dict[str, Any]:
         events.append(event)
         return await call(event, data, timeout)
 
-    alice._transport.call = spy  # type: ignore[method-assign]
+    alice.transport.call = spy  # type: ignore[method-assign]
     await server.stop()
     await asyncio.sleep(0.2)
     texts = [f"backlog {i:03d}" for i in range(150)]

@@ -92,12 +92,12 @@ async def test_typing_is_throttled_expires_and_needs_a_conversation(
     assert not any(isinstance(e, TypingChanged) for e in _drain(b_in)), "throttled to one start"
 
     # No conversation with carol: the server refuses to relay.
-    envelopes = await alice._encrypt_for(
+    envelopes = await alice.encrypt_for(
         "typingcarol001",
         {"to": "carol", "type": "typing", "scope": "peer", "typing": True, "sent_at": 1},
     )
     with pytest.raises(ProtocolError) as err:
-        await alice._transport.call(
+        await alice.transport.call(
             "send",
             {"client_message_id": "typingcarol001", "envelopes": envelopes, "ephemeral": True},
         )
@@ -238,7 +238,7 @@ async def test_web_push_to_an_offline_device_is_content_free_and_rate_limited(
         await bob.register_push(
             {"endpoint": f"http://127.0.0.1:{port}/push/bob", "keys": endpoint.keys()}
         )
-        await bob._transport.sio.disconnect()  # bob goes offline
+        await bob.transport.sio.disconnect()  # bob goes offline
         await asyncio.sleep(0.3)
         for text in ("secret one", "secret two"):
             sent = await alice.send_text("bob", text)

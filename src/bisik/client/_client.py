@@ -113,7 +113,8 @@ class Client:
         self._membership = membership = Membership(
             db=db, groups=gdb, username=username, events=events, **common
         )
-        sender = GroupSender(
+        self._me = me
+        self._group_sender = sender = GroupSender(
             db=db, groups=gdb, membership=membership, machine=machine, me=me, pickle_key=key,
             encryptor=encryptor, worker=worker, **common,
         )  # fmt: skip
@@ -338,7 +339,15 @@ class Client:
         self.events.emit(ConnectionChanged("connecting"))
         await self.transport.connect(retry=retry, wait_timeout=timeout)
 
+    def resync(self) -> None:
+        """Page the server's queue again (the server asks for it after losing pushes)."""
+        self._worker.submit(Step.RESYNC)
+
     # -- sending ------------------------------------------------------------------------
+
+    def flush_outbox(self) -> None:
+        """Try sending what is queued now (a connect or a reconnect does it anyway)."""
+        self._worker.submit(Step.FLUSH)
 
     async def send_text(self, peer: str, text: str, *, reply_to: str | None = None) -> Message:
         """Queue a text message to ``peer`` (a user, or a group as ``#name`` or
