@@ -27,7 +27,7 @@ import uvloop
 import websockets
 
 from bench_idle import LightSocket, raise_nofile
-from bisik.client._client import ACK_DELAY_S
+from bisik.client._inbox import ACK_DELAY_S
 
 CONCURRENCY = 50
 

@@ -125,7 +125,7 @@ async def paced_phase(
     light = [c for c in others if all(c is not r for r in real)]
     # The device's own access token, as its transport holds it (the one place
     # a benchmark reaches into the SDK): the bare socket is that device.
-    tokens = [await c._transport.token() for c in light]
+    tokens = [await c.transport.token() for c in light]
     for client in light:
         await client.close()
     # This process held 500 clients from the set-up; a sender's device holds

@@ -10,8 +10,10 @@ import logging
 from bisik.client._clock import Clock
 from bisik.client._errors import ClientError
 from bisik.client._events import EventBus
-from bisik.client._models import ActionContent, DeviceStamp, Message, MessagesExpired
+from bisik.client._membership import Membership
+from bisik.client._models import ActionContent, DeviceStamp, Message, MessagesExpired, MessagesRead
 from bisik.client._outbox import Outbox
+from bisik.client._signals import Signals
 from bisik.client._timeline import EDIT_WINDOW_MS, MAX_EMOJI_CHARS, TIMER_CHOICES_S, Timeline
 from bisik.client._transport import Transport
 from bisik.client._worker import Step, Worker
@@ -29,6 +31,8 @@ class Actions:
         *,
         timeline: Timeline,
         outbox: Outbox,
+        membership: Membership,
+        signals: Signals,
         me: DeviceStamp,
         transport: Transport,
         worker: Worker,
@@ -37,6 +41,8 @@ class Actions:
     ) -> None:
         self._timeline = timeline
         self._outbox = outbox
+        self._membership = membership
+        self._signals = signals
         self._me = me
         self._transport = transport
         self._worker = worker
@@ -144,6 +150,27 @@ class Actions:
         peer = conversation[1:] if conversation.startswith("@") else self._me.username
         route = {"to": peer, "scope": "own" if own_only else "all", "conversation": conversation}
         return self._outbox.queue(conversation, {**payload, **route}), now
+
+    # -- read state ---------------------------------------------------------------------
+
+    def mark_read(self, peer: str) -> int:
+        """Mark the conversation with ``peer`` read, here and on our other devices.
+
+        Sends a read receipt to ``peer`` if read receipts are on. Returns how
+        many messages were newly marked.
+        """
+        conversation = self._membership.conversation_id(peer)
+        unread = self._timeline.rows.unread(conversation)
+        if not unread:
+            return 0
+        with self._timeline.db.transaction():
+            ids = self._timeline.rows.mark_read(conversation, [i for _, i in unread], self._clock())
+            if not peer.startswith("#"):  # group read state stays on this device for now
+                self._outbox.queue_receipt(peer, "own", "read", ids)
+                if self._signals.enabled("read_receipts"):
+                    self._outbox.queue_receipt(peer, "peer", "read", ids)
+        self._events.emit(MessagesRead(conversation, ids))
+        return len(ids)
 
     # -- expiry ---------------------------------------------------------------------------
 

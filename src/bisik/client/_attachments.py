@@ -35,7 +35,6 @@ from bisik.client._actions import Actions
 from bisik.client._attachment_info import AttachmentInfo
 from bisik.client._devices import DeviceDirectory
 from bisik.client._errors import ClientError, NotConnected
-from bisik.client._groups import Groups
 from bisik.client._media import PreparedFile, prepare_file
 from bisik.client._membership import Membership
 from bisik.client._models import DeviceStamp, Message
@@ -336,7 +335,6 @@ class Attachments:
         *,
         timeline: Timeline,
         outbox: Outbox,
-        groups: Groups,
         membership: Membership,
         actions: Actions,
         me: DeviceStamp,
@@ -347,7 +345,6 @@ class Attachments:
         self._timeline = timeline
         self._store = timeline.db
         self._outbox = outbox
-        self._groups = groups
         self._membership = membership
         self._actions = actions
         self.username = me.username
@@ -397,7 +394,7 @@ class Attachments:
             extras.setdefault("ttl_ms", VIEW_ONCE_MAX_MS)
         route: dict[str, Any]
         if peer.startswith("#"):
-            conversation, route = self._groups.route(peer)
+            conversation, route = self._membership.route(peer)
         else:
             await self._devices.recipient_devices(peer, refresh=False)
             route = {"to": peer}

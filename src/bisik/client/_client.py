@@ -55,26 +55,20 @@ from bisik.client._models import (
     DeviceStamp,
     Event,
     Message,
-    MessagesRead,
     PresenceChanged,
-    direct_conversation,
 )
 from bisik.client._outbox import Outbox
 from bisik.client._recovery import recover
-from bisik.client._setup import ReadyDevice, new_device
+from bisik.client._setup import ReadyDevice, register_account, unlock_device
+from bisik.client._sharing import Sharing
 from bisik.client._signals import Signals
 from bisik.client._timeline import Timeline
 from bisik.client._transport import Transport
 from bisik.client._worker import Step, Worker
-from bisik.crypto import IdentityKey, KdfParams, OlmMachine, RecoveryKey, b64decode
-from bisik.proto import ProtocolError, validate_username
+from bisik.crypto import KdfParams
+from bisik.proto import ProtocolError
 
 log = logging.getLogger("bisik.client")
-
-# Long enough for any chat message, small enough that one send to many devices
-# stays far below the server's frame limit (longer text belongs in an attachment).
-MAX_TEXT_BYTES = 16 * 1024
-
 
 class Client:
     """One device of one account. Open it with ``create_account``, ``open``,
@@ -120,7 +114,8 @@ class Client:
         )  # fmt: skip
         self._outbox = outbox = Outbox(
             db=db, machine=machine, me=me, worker=worker, events=events, timeline=timeline,
-            encryptor=encryptor, groups=sender, backup=backup, synced=self.synced, **common,
+            encryptor=encryptor, groups=sender, membership=membership, backup=backup,
+            synced=self.synced, **common,
         )  # fmt: skip
         self._group_keys = group_keys = GroupKeys(
             db=db, groups=gdb, receiver=receiver, membership=membership, sender=sender, me=me,
@@ -134,17 +129,18 @@ class Client:
             db=db, groups=gdb, membership=membership, outbox=outbox, me=me, **common
         )
         self._actions = actions = Actions(
-            timeline=timeline, outbox=outbox, me=me, transport=transport, worker=worker,
-            events=events, clock=clock,
+            timeline=timeline, outbox=outbox, membership=membership, signals=self._signals, me=me,
+            transport=transport, worker=worker, events=events, clock=clock,
         )  # fmt: skip
         self._attachments = Attachments(
-            timeline=timeline, outbox=outbox, groups=self._groups, membership=membership,
+            timeline=timeline, outbox=outbox, membership=membership,
             actions=actions, me=me, transport=transport, devices=devices, home=profile.home,
         )  # fmt: skip
         self._account = Account(
             db=db, me=me, identity=device.identity, transport=transport, devices=devices,
             worker=worker, backup=backup,
         )  # fmt: skip
+        self._sharing = Sharing(self._signals, transport, worker)
         keys = KeyTopUp(db, machine, transport)
         for step, handler in (
             (Step.RESYNC, self._resync),
@@ -192,34 +188,18 @@ class Client:
         kdf: KdfParams | None = None,
         clock: Clock = system_clock,
     ) -> Client:
-        """Create a profile in ``home`` and register a new account with its first device.
-
-        Raises:
-            ProtocolError: the server refused (``username_taken``, ``invalid_invite``...);
-                nothing is left behind in ``home``.
-        """
-        validate_username(username)
-        async with new_device(home, password, kdf) as device:
-            identity = IdentityKey.generate()
-            recovery = RecoveryKey.generate()
-            signature = identity.sign(device.payload(username, identity.public_key))
-            body = {
-                "username": username,
-                "invite": invite,
-                "device": device.device_keys(username, identity.public_key, signature),
-                "one_time_keys": device.one_time_keys,
-                "fallback_key": device.fallback_key,
-            }
-            transport = Transport(server_url)
-            try:
-                await transport.request("POST", "/v1/accounts", body, auth=False)
-            finally:
-                await transport.http.aclose()
-            device.finish(server_url=server_url, username=username, identity=identity)
-            with device.profile.store.transaction():
-                device.profile.store.set_meta("recovery_key", recovery.to_text())
-        client = cls(ReadyDevice(device.profile, device.machine, identity), clock=clock)
-        client.new_recovery_key = recovery.to_text()
+        """Create a profile in ``home`` and register a new account with its first
+        device (``ProtocolError`` if the server refused; nothing is left in ``home``)."""
+        device, recovery_key = await register_account(
+            home,
+            server_url=server_url,
+            username=username,
+            password=password,
+            invite=invite,
+            kdf=kdf,
+        )
+        client = cls(device, clock=clock)
+        client.new_recovery_key = recovery_key
         try:
             await client.backup_now()
         except (NotConnected, ProtocolError) as exc:
@@ -230,21 +210,11 @@ class Client:
     @classmethod
     async def open(cls, home: Path, password: str, *, clock: Clock = system_clock) -> Client:
         """Unlock an existing profile (``WrongPassword`` if the password is wrong)."""
-        profile = _profile.unlock(home, password)
+        device = unlock_device(home, password)
         try:
-            if profile.store.get_meta("revoked"):
-                raise ProfileError(
-                    "this device was removed from its account; link it again or recover"
-                )
-            pickle = profile.store.load_account()
-            secret = profile.store.get_meta("identity_key")
-            if pickle is None or secret is None:
-                raise ProfileError("profile is incomplete (was account creation interrupted?)")
-            machine = OlmMachine.from_pickle(pickle, profile.pickle_key, profile.store)
-            identity = IdentityKey.from_private_bytes(b64decode(secret))
-            return cls(ReadyDevice(profile, machine, identity), clock=clock)
+            return cls(device, clock=clock)
         except BaseException:
-            profile.close()
+            device.profile.close()
             raise
 
     @classmethod
@@ -350,31 +320,8 @@ class Client:
         self._worker.submit(Step.FLUSH)
 
     async def send_text(self, peer: str, text: str, *, reply_to: str | None = None) -> Message:
-        """Queue a text message to ``peer`` (a user, or a group as ``#name`` or
-        ``#id``) and start sending it: stored at once as ``pending``, sent when
-        there is a connection (``wait_sent`` waits for the server's ack).
-        ``reply_to`` quotes a message by id; the conversation's timer applies.
-
-        Raises:
-            ProtocolError: ``unknown_user`` if connected and ``peer`` does not exist.
-            IdentityKeyChanged: the peer's identity key changed and was not acknowledged.
-        """
-        if not peer.startswith("#"):
-            validate_username(peer)
-        if not text:
-            raise ClientError("cannot send an empty message")
-        if len(text.encode()) > MAX_TEXT_BYTES:
-            raise ClientError(f"message too long ({MAX_TEXT_BYTES:,} bytes of UTF-8 at most)")
-        extras = self._timeline.outgoing_extras(self.conversation_id(peer), reply_to)
-        if peer.startswith("#"):
-            conversation, route = self._groups.route(peer)
-            return self._outbox.queue_message(conversation, text, route, extras)
-        if self.transport.connected:
-            # Unreachable after all (the server just went away): queued, and
-            # checked when it is encrypted, as when offline.
-            with contextlib.suppress(NotConnected):
-                await self._devices.recipient_devices(peer, refresh=False)
-        return self._outbox.queue_message(direct_conversation(peer), text, {"to": peer}, extras)
+        """Queue a text to a user or ``#group``; see ``Outbox.send_text``."""
+        return await self._outbox.send_text(peer, text, reply_to=reply_to)
 
     async def wait_sent(self, message_id: str, timeout: float) -> Message:
         """Wait until the server has stored the message; ``TimeoutError`` otherwise."""
@@ -415,20 +362,9 @@ class Client:
         return [(c, body) for c, _, body in self._timeline.rows.conversations()]
 
     def mark_read(self, peer: str) -> int:
-        """Mark the conversation read here and on our other devices (and send a
-        read receipt if they are on); returns how many were newly marked."""
-        conversation = self.conversation_id(peer)
-        unread = self._timeline.rows.unread(conversation)
-        if not unread:
-            return 0
-        with self._profile.store.transaction():
-            ids = self._timeline.rows.mark_read(conversation, [i for _, i in unread], self.clock())
-            if not peer.startswith("#"):  # group read state stays on this device for now
-                self._outbox.queue_receipt(peer, "own", "read", ids)
-                if self._signals.enabled("read_receipts"):
-                    self._outbox.queue_receipt(peer, "peer", "read", ids)
-        self.events.emit(MessagesRead(conversation, ids))
-        return len(ids)
+        """Mark a conversation read here, on our other devices and (receipts on)
+        for the sender; returns how many were newly marked."""
+        return self._actions.mark_read(peer)
 
     def unread_counts(self) -> dict[str, int]:
         """Unread incoming messages per conversation (agrees across our devices)."""
@@ -441,25 +377,13 @@ class Client:
     # -- typing, presence, settings, push ------------------------------------------------
 
     def set_typing(self, peer: str, typing: bool) -> None:
-        """Say we started or stopped typing to ``peer`` (throttled, end-to-end encrypted)."""
-        if self._signals.should_send_typing(peer, typing):
-            self._worker.submit(Step.TYPING, (peer, typing))
+        self._sharing.set_typing(peer, typing)
 
     async def presence(self, username: str) -> PresenceChanged | None:
-        """``username``'s online state and last seen, or ``None`` if hidden (by them
-        or because we hide ours). Raises ``ProtocolError`` (``not_in_conversation``)."""
-        info = await self.transport.call("presence", {"username": username})
-        if not info["visible"]:
-            return None
-        return PresenceChanged(username, bool(info["online"]), info.get("last_seen_at"))
+        return await self._sharing.presence(username)
 
     async def settings(self) -> dict[str, bool]:
-        server = await self.transport.call("settings", {})
-        return {
-            "presence": bool(server["share_presence"]),
-            "typing": self._signals.enabled("typing"),
-            "read_receipts": self._signals.enabled("read_receipts"),
-        }
+        return await self._sharing.settings()
 
     async def update_settings(
         self,
@@ -469,21 +393,15 @@ class Client:
         read_receipts: bool | None = None,
     ) -> dict[str, bool]:
         """Change what we share; each is reciprocal (off: we see nobody's either)."""
-        if presence is not None:
-            await self.transport.call("settings", {"share_presence": presence})
-        if typing is not None:
-            self._signals.set_enabled("typing", typing)
-        if read_receipts is not None:
-            self._signals.set_enabled("read_receipts", read_receipts)
-        return await self.settings()
+        return await self._sharing.update_settings(
+            presence=presence, typing=typing, read_receipts=read_receipts
+        )
 
     async def register_push(self, subscription: dict[str, Any]) -> None:
-        """Register a Web Push subscription (``{endpoint, keys: {p256dh, auth}}``)."""
-        await self.transport.call("push_subscribe", subscription)
+        await self._sharing.register_push(subscription)
 
     async def push_public_key(self) -> str:
-        """The server's VAPID public key (the browser's ``applicationServerKey``)."""
-        return str((await self.transport.call("push_key", {}))["public_key"])
+        return await self._sharing.push_public_key()
 
     # -- account, devices, verification (``Account``, ``Backup``) -------------------------
 

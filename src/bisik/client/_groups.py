@@ -41,13 +41,6 @@ class Groups:
         self._devices = devices
         self._clock = clock
 
-    def route(self, ref: str) -> tuple[str, dict[str, Any]]:
-        """Where a message to group ``ref`` goes: its conversation and outbox route."""
-        group = self._membership.group(ref)
-        if not group.active:
-            raise ClientError("you are no longer a member of this group")
-        return group_conversation(group.group_id), {"group": group.group_id, "type": "text"}
-
     async def create_group(
         self, name: str, members: list[str], *, description: str = ""
     ) -> LocalGroup:

@@ -60,6 +60,13 @@ class Membership:
             return group_conversation(self.group(peer).group_id)
         return direct_conversation(peer)
 
+    def route(self, ref: str) -> tuple[str, dict[str, Any]]:
+        """Where a message to group ``ref`` goes: its conversation and outbox route."""
+        group = self.group(ref)
+        if not group.active:
+            raise ClientError("you are no longer a member of this group")
+        return group_conversation(group.group_id), {"group": group.group_id, "type": "text"}
+
     def save_info(self, info: dict[str, Any]) -> None:
         """Store a member list from the server (inside the caller's transaction)."""
         members = [

@@ -21,6 +21,7 @@ from bisik.client._devices import DeviceDirectory
 from bisik.client._errors import ClientError, NotConnected
 from bisik.client._events import EventBus
 from bisik.client._group_send import GroupSender
+from bisik.client._membership import Membership
 from bisik.client._models import (
     DeviceStamp,
     Message,
@@ -34,7 +35,7 @@ from bisik.client._timeline import Timeline
 from bisik.client._transport import Transport
 from bisik.client._worker import Step, Worker
 from bisik.crypto import OlmMachine
-from bisik.proto import ErrorCode, ProtocolError
+from bisik.proto import ErrorCode, ProtocolError, validate_username
 
 log = logging.getLogger("bisik.client")
 
@@ -44,6 +45,9 @@ SEND_BATCH = 64
 SEND_BATCH_BYTES = 256 * 1024
 # Seconds before a send the server refused for now (rate, storage) is tried again.
 RATE_LIMIT_RETRY_S = 1.0
+# Long enough for any chat message, small enough that one send to many devices
+# stays far below the server's frame limit (longer text belongs in an attachment).
+MAX_TEXT_BYTES = 16 * 1024
 # Receipts per control message.
 RECEIPT_IDS = 500
 
@@ -73,6 +77,7 @@ class Outbox:
         devices: DeviceDirectory,
         encryptor: Encryptor,
         groups: GroupSender,
+        membership: Membership,
         backup: Backup,
         synced: asyncio.Event,
         clock: Clock,
@@ -87,6 +92,7 @@ class Outbox:
         self._devices = devices
         self._encryptor = encryptor
         self._groups = groups
+        self._membership = membership
         self._backup = backup
         self._synced = synced
         self._clock = clock
@@ -99,6 +105,33 @@ class Outbox:
         self._settled = asyncio.Event()
 
     # -- queueing -----------------------------------------------------------------------
+
+    async def send_text(self, peer: str, text: str, *, reply_to: str | None = None) -> Message:
+        """Queue a text message to ``peer`` (a user, or a group as ``#name`` or
+        ``#id``) and start sending it: stored at once as ``pending``, sent when
+        there is a connection (``wait_sent`` waits for the server's ack).
+        ``reply_to`` quotes a message by id; the conversation's timer applies.
+
+        Raises:
+            ProtocolError: ``unknown_user`` if connected and ``peer`` does not exist.
+            IdentityKeyChanged: the peer's identity key changed and was not acknowledged.
+        """
+        if not peer.startswith("#"):
+            validate_username(peer)
+        if not text:
+            raise ClientError("cannot send an empty message")
+        if len(text.encode()) > MAX_TEXT_BYTES:
+            raise ClientError(f"message too long ({MAX_TEXT_BYTES:,} bytes of UTF-8 at most)")
+        extras = self._timeline.outgoing_extras(self._membership.conversation_id(peer), reply_to)
+        if peer.startswith("#"):
+            conversation, route = self._membership.route(peer)
+            return self.queue_message(conversation, text, route, extras)
+        if self._transport.connected:
+            # Unreachable after all (the server just went away): queued, and
+            # checked when it is encrypted, as when offline.
+            with contextlib.suppress(NotConnected):
+                await self._devices.recipient_devices(peer, refresh=False)
+        return self.queue_message(direct_conversation(peer), text, {"to": peer}, extras)
 
     def queue_message(
         self, conversation: str, text: str, route: dict[str, Any], extras: dict[str, Any]

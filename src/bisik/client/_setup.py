@@ -16,15 +16,20 @@ from pathlib import Path
 from typing import Any
 
 from bisik.client import _profile
+from bisik.client._errors import ProfileError
 from bisik.client._profile import OpenProfile
+from bisik.client._transport import Transport
 from bisik.crypto import (
     IdentityKey,
     KdfParams,
     OlmMachine,
+    RecoveryKey,
+    b64decode,
     b64encode,
     device_payload,
     encrypt_device_name,
 )
+from bisik.proto import validate_username
 
 ONE_TIME_KEY_TARGET = 50
 _DEVICE_ID_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
@@ -132,4 +137,60 @@ async def new_device(home: Path, password: str, kdf: KdfParams | None) -> AsyncI
     except BaseException:
         profile.close()
         _profile.destroy(home)
+        raise
+
+
+async def register_account(
+    home: Path,
+    *,
+    server_url: str,
+    username: str,
+    password: str,
+    invite: str | None,
+    kdf: KdfParams | None,
+) -> tuple[ReadyDevice, str]:
+    """Create a profile in ``home`` and register a new account with its first
+    device; returns the device and the account's recovery key (shown once).
+
+    Raises:
+        ProtocolError: the server refused (``username_taken``, ``invalid_invite``...);
+            nothing is left behind in ``home``.
+    """
+    validate_username(username)
+    async with new_device(home, password, kdf) as device:
+        identity = IdentityKey.generate()
+        recovery = RecoveryKey.generate()
+        signature = identity.sign(device.payload(username, identity.public_key))
+        body = {
+            "username": username,
+            "invite": invite,
+            "device": device.device_keys(username, identity.public_key, signature),
+            "one_time_keys": device.one_time_keys,
+            "fallback_key": device.fallback_key,
+        }
+        transport = Transport(server_url)
+        try:
+            await transport.request("POST", "/v1/accounts", body, auth=False)
+        finally:
+            await transport.http.aclose()
+        device.finish(server_url=server_url, username=username, identity=identity)
+        with device.profile.store.transaction():
+            device.profile.store.set_meta("recovery_key", recovery.to_text())
+    return ReadyDevice(device.profile, device.machine, identity), recovery.to_text()
+
+
+def unlock_device(home: Path, password: str) -> ReadyDevice:
+    """Unlock an existing profile (``WrongPassword`` if the password is wrong)."""
+    profile = _profile.unlock(home, password)
+    try:
+        if profile.store.get_meta("revoked"):
+            raise ProfileError("this device was removed from its account; link it again or recover")
+        pickle = profile.store.load_account()
+        secret = profile.store.get_meta("identity_key")
+        if pickle is None or secret is None:
+            raise ProfileError("profile is incomplete (was account creation interrupted?)")
+        machine = OlmMachine.from_pickle(pickle, profile.pickle_key, profile.store)
+        return ReadyDevice(profile, machine, IdentityKey.from_private_bytes(b64decode(secret)))
+    except BaseException:
+        profile.close()
         raise
