@@ -70,6 +70,7 @@ from bisik.proto import ProtocolError
 
 log = logging.getLogger("bisik.client")
 
+
 class Client:
     """One device of one account. Open it with ``create_account``, ``open``,
     ``link`` or ``recover``; use it as an async context manager, or call ``close``.
