@@ -176,10 +176,10 @@ _CHANGED_IDENTITIES = (
 )
 
 
-# How each page of the database is authenticated. Every commit encrypts and
-# authenticates each page it wrote, and with SHA extensions in the CPU (x86 since
-# ~2017, ARMv8) SHA-256 is about 2.5x cheaper than SQLCipher 4's default SHA-512:
-# a fifth of a commit's CPU. Both are full-strength MACs here (256-bit key).
+# How each page of the database is authenticated. Every commit authenticates each
+# page it wrote, and with SHA extensions in the CPU SHA-256 is much cheaper than
+# SQLCipher 4's default SHA-512 (figures: docs/benchmarks.md). Both are
+# full-strength MACs here (256-bit key).
 _PAGE_HMAC = "HMAC_SHA256"
 _LEGACY_PAGE_HMAC = "HMAC_SHA512"
 

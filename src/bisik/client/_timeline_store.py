@@ -78,7 +78,7 @@ class TimelineStore:
         each as its JSON object in the account transfer (protocol.md 11.5).
 
         SQLite writes the JSON: a backup holds up to 20,000 messages, and
-        building them as Python dicts and encoding those took four times as long.
+        building them as Python dicts costs several times more (docs/benchmarks.md).
         """
         rows = self._db.execute(
             "SELECT json_object('id', id, 'conversation', conversation, 'sender', sender, "
