@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import sys
 import threading
 
 from bisik._heap import settle_heap
-from bisik.cli._commands import show_signal
 from bisik.cli._output import Output
+from bisik.cli._session import Session
 from bisik.client import (
     Client,
     ClientError,
@@ -45,6 +46,11 @@ def _stdin_lines(loop: asyncio.AbstractEventLoop) -> asyncio.Queue[str | None]:
     return queue
 
 
+async def chat(args: argparse.Namespace, session: Session) -> int:
+    async with session.open() as client:
+        return await run_chat(client, args.user, session.out)
+
+
 async def run_chat(client: Client, peer: str, out: Output, *, expect_replies: bool = False) -> int:
     """Chat until /quit or end of input.
 
@@ -71,7 +77,7 @@ async def run_chat(client: Client, peer: str, out: Output, *, expect_replies: bo
     except (ClientError, ProtocolError):
         seen = None  # offline, or no conversation yet
     if seen is not None:
-        show_signal(out, seen)
+        out.signal(seen)
     settle_heap()  # set up: from here on the chat runs until /quit
     lines = _stdin_lines(asyncio.get_running_loop())
     sent = 0
@@ -134,10 +140,10 @@ async def run_chat(client: Client, peer: str, out: Output, *, expect_replies: bo
                     if getattr(event, "conversation", f"#{getattr(event, 'group_id', '')}") == (
                         conversation
                     ):
-                        show_signal(out, event)
+                        out.signal(event)
                 elif isinstance(event, ReceiptUpdated | TypingChanged | PresenceChanged):
                     if event.username == peer:
-                        show_signal(out, event)
+                        out.signal(event)
                 elif isinstance(event, MessageSent):
                     if event.message.id in pending:
                         pending.discard(event.message.id)

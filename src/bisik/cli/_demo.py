@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from bisik.cli._chat import run_chat
-from bisik.cli._output import Output
+from bisik.cli._session import Session
 from bisik.client import Client, MessageReceived
 from bisik.server import EmbeddedServer, ServerConfig
 
@@ -36,7 +36,8 @@ async def _echo_bot(bot: Client) -> None:
             await bot.send_text(event.message.sender, f"echo: {event.message.body}")
 
 
-async def run_demo(args: argparse.Namespace, out: Output) -> int:
+async def run(args: argparse.Namespace, session: Session) -> int:
+    out = session.out
     keep = args.data is not None
     data = args.data or Path(tempfile.mkdtemp(prefix="bisik-demo-"))
     server = EmbeddedServer(ServerConfig(data_dir=data / "server"), port=args.port or None)

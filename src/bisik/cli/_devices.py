@@ -1,26 +1,21 @@
-"""``bisik link``, ``bisik devices``, ``bisik verify`` and ``bisik account recover``."""
+"""``bisik link``, ``bisik devices`` and ``bisik verify``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import io
-import os
 import sys
-from pathlib import Path
 
 import segno
 
-from bisik.cli._commands import PasswordReader
-from bisik.cli._output import Output
+from bisik.cli._output import Output, local_time
+from bisik.cli._session import Session, read_password
 from bisik.client import Client, ClientError, VerificationCode
 
 
 def _when(ms: int | None) -> str:
-    if ms is None:
-        return "never"
-    return dt.datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M")
+    return "never" if ms is None else local_time(ms)
 
 
 def _qr(text: str) -> str:
@@ -29,11 +24,31 @@ def _qr(text: str) -> str:
     return buffer.getvalue()
 
 
-async def link_new(
-    args: argparse.Namespace, home: Path, out: Output, read_password: PasswordReader
-) -> int:
+async def link(args: argparse.Namespace, session: Session) -> int:
+    """``link new`` on the new device (no profile yet), ``link approve`` on a signed-in one."""
+    if args.link_command == "new":
+        return await _link_new(args, session)
+    async with session.open() as client:
+        await session.connect(client, required=True)
+        return await _approve(client, args, session.out)
+
+
+async def devices(args: argparse.Namespace, session: Session) -> int:
+    async with session.open() as client:
+        await session.connect(client, required=True)
+        return await _devices(client, args, session.out)
+
+
+async def verify(args: argparse.Namespace, session: Session) -> int:
+    async with session.open() as client:
+        await session.connect(client, required=True)
+        return await _verify(client, args, session.out)
+
+
+async def _link_new(args: argparse.Namespace, session: Session) -> int:
+    out = session.out
     password = read_password(confirm=True)
-    request = await Client.link(home, server_url=args.server, password=password)
+    request = await Client.link(session.home, server_url=args.server, password=password)
     try:
         out.emit(
             {"code": request.code, "device_id": request.device_id},
@@ -77,29 +92,32 @@ async def _confirm_prompt(out: Output, sas: VerificationCode, assume_yes: bool) 
     return answer.strip().lower() in ("y", "yes")
 
 
-async def dispatch(client: Client, args: argparse.Namespace, out: Output) -> int:
-    if args.command == "link":
+async def _approve(client: Client, args: argparse.Namespace, out: Output) -> int:
+    async def confirm(sas: VerificationCode) -> bool:
+        return await _confirm_prompt(out, sas, args.yes)
 
-        async def confirm(sas: VerificationCode) -> bool:
-            return await _confirm_prompt(out, sas, args.yes)
+    device_id = await client.approve_link(
+        args.code, confirm=confirm, history_days=max(0, args.history)
+    )
+    out.emit({"event": "linked", "device_id": device_id}, f"Linked device {device_id}.")
+    return 0
 
-        device_id = await client.approve_link(
-            args.code, confirm=confirm, history_days=max(0, args.history)
-        )
-        out.emit({"event": "linked", "device_id": device_id}, f"Linked device {device_id}.")
-        return 0
-    if args.command == "verify":
-        number = client.safety_number(args.user)
-        if args.mark:
-            await client.mark_verified(args.user)
-        state = "verified" if client.is_verified(args.user) else "not verified"
-        out.emit(
-            {"user": args.user, "safety_number": number, "verified": client.is_verified(args.user)},
-            f"Safety number with {args.user} ({state}):\n\n    {number}\n\n"
-            "Compare it with theirs (in person or on a call); if it matches, run\n"
-            f"    bisik verify {args.user} --mark",
-        )
-        return 0
+
+async def _verify(client: Client, args: argparse.Namespace, out: Output) -> int:
+    number = client.safety_number(args.user)
+    if args.mark:
+        await client.mark_verified(args.user)
+    state = "verified" if client.is_verified(args.user) else "not verified"
+    out.emit(
+        {"user": args.user, "safety_number": number, "verified": client.is_verified(args.user)},
+        f"Safety number with {args.user} ({state}):\n\n    {number}\n\n"
+        "Compare it with theirs (in person or on a call); if it matches, run\n"
+        f"    bisik verify {args.user} --mark",
+    )
+    return 0
+
+
+async def _devices(client: Client, args: argparse.Namespace, out: Output) -> int:
     action = getattr(args, "devices_command", None) or "list"
     if action == "remove":
         await client.remove_device(args.device_id)
@@ -121,37 +139,5 @@ async def dispatch(client: Client, args: argparse.Namespace, out: Output) -> int
             },
             f"{device.device_id}  {device.name}{mark}\n"
             f"    added {_when(device.created_at)}, last seen {_when(device.last_seen_at)}",
-        )
-    return 0
-
-
-async def recover(
-    args: argparse.Namespace, home: Path, out: Output, read_password: PasswordReader
-) -> int:
-    key = os.environ.get("BISIK_RECOVERY_KEY")
-    if key is None:
-        if not sys.stdin.isatty():
-            raise ClientError("no recovery key: set BISIK_RECOVERY_KEY or run in a terminal")
-        key = await asyncio.to_thread(input, "Recovery key: ")
-    password = read_password(confirm=True)
-    client = await Client.recover(
-        home,
-        server_url=args.server,
-        username=args.username,
-        recovery_key=key,
-        password=password,
-        revoke_others=not args.keep_devices,
-    )
-    async with client:
-        restored = sum(len(client.history(c.removeprefix("@"))) for c, _ in client.conversations())
-        out.emit(
-            {
-                "event": "recovered",
-                "username": client.username,
-                "device_id": client.device_id,
-                "messages": restored,
-            },
-            f"Recovered {client.username} on device {client.device_id} "
-            f"({restored} messages restored).",
         )
     return 0

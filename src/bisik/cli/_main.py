@@ -1,28 +1,67 @@
+"""The ``bisik`` argument parsers and the command table: each command name to its handler."""
+
 from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import logging
-import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
 from bisik import __version__
-from bisik.cli import _commands, _server
+from bisik.cli import (
+    _account,
+    _actions,
+    _attachments,
+    _chat,
+    _demo,
+    _devices,
+    _groups,
+    _messages,
+    _server,
+)
 from bisik.cli._output import Output
+from bisik.cli._session import Session, default_home
 from bisik.client import ClientError, ProtocolError, WrongPassword
 from bisik.crypto import CryptoError
+from bisik.server import ServerConfig
+
+Handler = Callable[[argparse.Namespace, Session], int]
+AsyncHandler = Callable[[argparse.Namespace, Session], Coroutine[Any, Any, int]]
 
 
-def default_home() -> Path:
-    env = os.environ.get("BISIK_HOME")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "bisik"
+def _in_loop(handler: AsyncHandler) -> Handler:
+    """A command that runs in a fresh event loop (``server`` starts its own)."""
+
+    def run(args: argparse.Namespace, session: Session) -> int:
+        return asyncio.run(handler(args, session))
+
+    return run
+
+
+COMMANDS: dict[str, Handler] = {
+    "server": _server.run,
+    "account": _in_loop(_account.run),
+    "send": _in_loop(_messages.send),
+    "download": _in_loop(_attachments.download),
+    "receive": _in_loop(_messages.receive),
+    "history": _in_loop(_messages.history),
+    "chat": _in_loop(_chat.chat),
+    "trust": _in_loop(_messages.trust),
+    "conversations": _in_loop(_messages.conversations),
+    "group": _in_loop(_groups.run),
+    "timer": _in_loop(_actions.timer),
+    "react": _in_loop(_actions.react),
+    "edit": _in_loop(_actions.edit),
+    "delete": _in_loop(_actions.delete),
+    "settings": _in_loop(_messages.settings),
+    "link": _in_loop(_devices.link),
+    "devices": _in_loop(_devices.devices),
+    "verify": _in_loop(_devices.verify),
+    "demo": _in_loop(_demo.run),
+}
 
 
 class _Subparsers:
@@ -38,14 +77,17 @@ class _Subparsers:
         )
         return parser
 
-    def nested(self, parser: argparse.ArgumentParser, dest: str) -> _Subparsers:
+    def nested(
+        self, parser: argparse.ArgumentParser, dest: str, *, required: bool = True
+    ) -> _Subparsers:
         """Subcommands of ``parser`` (``bisik group create``), with the common flags."""
         return _Subparsers(
-            parser.add_subparsers(dest=dest, required=True, metavar="ACTION"), self._common
+            parser.add_subparsers(dest=dest, required=required, metavar="ACTION"), self._common
         )
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The whole command line; ``COMMANDS`` has a handler for each of its commands."""
     parser = argparse.ArgumentParser(
         prog="bisik", description="Bisik: end-to-end encrypted messaging you can host yourself."
     )
@@ -64,13 +106,95 @@ def build_parser() -> argparse.ArgumentParser:
     sub = _Subparsers(
         parser.add_subparsers(dest="command", required=True, metavar="COMMAND"), common
     )
+    _add_server(sub)
+    _add_account(sub)
+    _add_messaging(sub)
+    _add_groups(sub)
+    _add_actions(sub)
+    settings = sub.add_parser("settings", help="view or set presence, typing, read receipts")
+    for flag in ("--presence", "--typing", "--read-receipts"):
+        settings.add_argument(flag, choices=["on", "off"], help="each is reciprocal")
+    _add_devices(sub)
+    demo = sub.add_parser("demo", help="embedded server + you + an echo bot, ready to chat")
+    demo.add_argument("--data", type=Path, default=None, help="keep demo data here")
+    demo.add_argument("--port", type=int, default=0)
+    return parser
 
-    _server.add_parser(sub)
 
-    account = sub.add_parser("account", help="create or inspect this profile's account")
-    acc_sub = _Subparsers(
-        account.add_subparsers(dest="account_command", required=True, metavar="ACTION"), common
+def _add_server(sub: _Subparsers) -> None:
+    server = sub.add_parser("server", help="run a Bisik server (or: server invite)")
+    server.add_argument(
+        "action", nargs="?", choices=["run", "invite"], default="run", help="default: run"
     )
+    server.add_argument("--host", default="127.0.0.1")
+    server.add_argument("--port", type=int, default=8765)
+    server.add_argument("--data", type=Path, default=Path("bisik-data"), help="data directory")
+    server.add_argument(
+        "--database-url",
+        default=None,
+        help="SQLAlchemy URL, e.g. postgresql+asyncpg://user@host/db (default: SQLite in --data)",
+    )
+    server.add_argument("--invite-only", action="store_true", help="registration needs an invite")
+    server.add_argument("--redis-url", default=None, help="Redis for fan-out across processes")
+    server.add_argument(
+        "--push-contact",
+        default="mailto:admin@localhost",
+        help="VAPID contact sent to Web Push services (mailto: or https: URL)",
+    )
+    server.add_argument(
+        "--push-interval", type=int, default=30, help="seconds between pushes to one device"
+    )
+    blobs = server.add_argument_group("attachments (encrypted blobs)")
+    blobs.add_argument("--blob-dir", type=Path, help="local blob directory (default: DATA/blobs)")
+    blobs.add_argument(
+        "--s3-bucket", help="store blobs in this S3-compatible bucket (AWS_* env credentials)"
+    )
+    blobs.add_argument("--s3-endpoint-url", help="e.g. http://127.0.0.1:9000 for MinIO")
+    blobs.add_argument("--s3-region", default=None)
+    blobs.add_argument(
+        "--max-file-mb", type=int, default=2048, help="largest attachment, MiB (default 2048)"
+    )
+    blobs.add_argument(
+        "--quota-mb", type=int, default=10240, help="attachments per account, MiB (default 10240)"
+    )
+    blobs.add_argument(
+        "--blob-days", type=int, default=30, help="days a blob is kept after upload (default 30)"
+    )
+    limits = ServerConfig(data_dir=Path("."))
+    server.add_argument(
+        "--max-registrations-per-min",
+        type=int,
+        default=limits.registrations_per_ip_per_min,
+        help="accounts and devices added per minute from one IP address",
+    )
+    server.add_argument(
+        "--max-sign-ins-per-min",
+        type=int,
+        default=limits.sign_ins_per_ip_per_min,
+        help="challenges and tokens asked for per minute from one IP address",
+    )
+    server.add_argument(
+        "--max-messages-per-s",
+        type=float,
+        default=limits.messages_per_device_per_s,
+        help=f"sends per second by one device (bursts of {limits.message_burst})",
+    )
+    server.add_argument(
+        "--max-connections-per-ip",
+        type=int,
+        default=limits.max_connections_per_ip,
+        help="sockets open at once from one IP address",
+    )
+    server.add_argument(
+        "--limit-loopback",
+        action="store_true",
+        help="apply the limits to 127.0.0.1 and ::1 too (exempt by default)",
+    )
+
+
+def _add_account(sub: _Subparsers) -> None:
+    account = sub.add_parser("account", help="create or inspect this profile's account")
+    acc_sub = sub.nested(account, "account_command")
     create = acc_sub.add_parser("create", help="register a new account with this device")
     create.add_argument("--server", required=True, help="server URL, e.g. http://127.0.0.1:8765")
     create.add_argument("--username", required=True)
@@ -86,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     acc_sub.add_parser("info", help="show username, device and keys")
     acc_sub.add_parser("password", help="change the profile password (env BISIK_NEW_PASSWORD)")
 
+
+def _add_messaging(sub: _Subparsers) -> None:
     send = sub.add_parser("send", help="send a text message, or a file with --file")
     send.add_argument("user")
     send.add_argument("text", nargs="?", default=None)
@@ -123,22 +249,53 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("conversations", help="list conversations")
 
-    from bisik.cli._groups import add_parser as add_group_parser
 
-    add_group_parser(sub)
+def _add_groups(sub: _Subparsers) -> None:
+    group = sub.add_parser("group", help="create and manage groups (address them as #NAME)")
+    actions = sub.nested(group, "group_command")
+    create = actions.add_parser("create", help="create a group, with you as admin")
+    create.add_argument("name")
+    create.add_argument("--members", default="", help="comma-separated usernames")
+    create.add_argument("--description", default="")
+    add = actions.add_parser("add", help="add members (admins)")
+    add.add_argument("group", metavar="GROUP")
+    add.add_argument("users", nargs="+", metavar="USER")
+    remove = actions.add_parser("remove", help="remove a member (admins)")
+    remove.add_argument("group", metavar="GROUP")
+    remove.add_argument("user", metavar="USER")
+    leave = actions.add_parser("leave", help="leave a group")
+    leave.add_argument("group", metavar="GROUP")
+    promote = actions.add_parser("promote", help="make a member an admin (admins)")
+    promote.add_argument("group", metavar="GROUP")
+    promote.add_argument("user", metavar="USER")
+    rename = actions.add_parser("rename", help="rename a group (admins)")
+    rename.add_argument("group", metavar="GROUP")
+    rename.add_argument("name")
+    actions.add_parser("list", help="the groups you are in")
+    info = actions.add_parser("info", help="a group's members and roles")
+    info.add_argument("group", metavar="GROUP")
 
-    from bisik.cli._actions import add_parsers as add_action_parsers
 
-    add_action_parsers(sub)
-
-    settings = sub.add_parser("settings", help="view or set presence, typing, read receipts")
-    for flag in ("--presence", "--typing", "--read-receipts"):
-        settings.add_argument(flag, choices=["on", "off"], help="each is reciprocal")
-
-    link = sub.add_parser("link", help="link a new device to your account")
-    link_sub = _Subparsers(
-        link.add_subparsers(dest="link_command", required=True, metavar="ACTION"), common
+def _add_actions(sub: _Subparsers) -> None:
+    timer = sub.add_parser("timer", help="set disappearing messages for a conversation")
+    timer.add_argument("target", metavar="USER|#GROUP")
+    timer.add_argument("duration", metavar="DURATION|off", help="30s, 5m, 1h, 8h, 24h, 1w, 4w")
+    react = sub.add_parser("react", help="react to a message (an empty emoji removes yours)")
+    react.add_argument("message_id", metavar="MSGID")
+    react.add_argument("emoji")
+    edit = sub.add_parser("edit", help="edit one of your messages (within 24 hours)")
+    edit.add_argument("message_id", metavar="MSGID")
+    edit.add_argument("text")
+    delete = sub.add_parser("delete", help="delete a message on your devices")
+    delete.add_argument("message_id", metavar="MSGID")
+    delete.add_argument(
+        "--everyone", action="store_true", help="your own message, for everyone (24 hours)"
     )
+
+
+def _add_devices(sub: _Subparsers) -> None:
+    link = sub.add_parser("link", help="link a new device to your account")
+    link_sub = sub.nested(link, "link_command")
     new = link_sub.add_parser("new", help="on the new device: show a pairing code and wait")
     new.add_argument("--server", required=True)
     new.add_argument("--name", help="this device's name (default: the host name)")
@@ -150,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     devices = sub.add_parser("devices", help="list, rename or remove this account's devices")
-    dev_sub = _Subparsers(devices.add_subparsers(dest="devices_command", metavar="ACTION"), common)
+    dev_sub = sub.nested(devices, "devices_command", required=False)
     dev_sub.add_parser("list", help="list devices (the default)")
     remove = dev_sub.add_parser("remove", help="sign a device out of the account")
     remove.add_argument("device_id")
@@ -162,27 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("user")
     verify.add_argument("--mark", action="store_true", help="mark as verified (numbers matched)")
 
-    demo = sub.add_parser("demo", help="embedded server + you + an echo bot, ready to chat")
-    demo.add_argument("--data", type=Path, default=None, help="keep demo data here")
-    demo.add_argument("--port", type=int, default=0)
-    return parser
-
-
-def read_password(
-    *, confirm: bool = False, env: str = "BISIK_PASSWORD", prompt: str = "Password: "
-) -> str:
-    value = os.environ.get(env)
-    if value is not None:
-        return value
-    if not sys.stdin.isatty():
-        raise ClientError(f"no password: set {env} or run in a terminal")
-    password = getpass.getpass(prompt)
-    if confirm and getpass.getpass("Repeat: ") != password:
-        raise ClientError("the passwords differ")
-    return password
-
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``bisik`` command; the exit code (errors are printed, 130 on Ctrl-C)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.ERROR,
@@ -190,11 +329,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     out = Output(args.json)
-    home = args.home or default_home()
+    session = Session(args.home or default_home(), out)
     try:
-        if args.command == "server":
-            return _server.run(args)
-        return asyncio.run(_commands.dispatch(args, home, out, read_password))
+        return COMMANDS[args.command](args, session)
     except KeyboardInterrupt:
         return 130
     except WrongPassword:

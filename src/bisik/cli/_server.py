@@ -5,85 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-from pathlib import Path
-from typing import Any
 
 import uvicorn
 
 from bisik._heap import settle_heap
+from bisik.cli._session import Session
 from bisik.server import ServerConfig, create_app
+from bisik.server._db import create_engine, migrate
 from bisik.server._uvicorn import uvicorn_options
-
-
-def add_parser(sub: Any) -> None:
-    server = sub.add_parser("server", help="run a Bisik server (or: server invite)")
-    server.add_argument(
-        "action", nargs="?", choices=["run", "invite"], default="run", help="default: run"
-    )
-    server.add_argument("--host", default="127.0.0.1")
-    server.add_argument("--port", type=int, default=8765)
-    server.add_argument("--data", type=Path, default=Path("bisik-data"), help="data directory")
-    server.add_argument(
-        "--database-url",
-        default=None,
-        help="SQLAlchemy URL, e.g. postgresql+asyncpg://user@host/db (default: SQLite in --data)",
-    )
-    server.add_argument("--invite-only", action="store_true", help="registration needs an invite")
-    server.add_argument("--redis-url", default=None, help="Redis for fan-out across processes")
-    server.add_argument(
-        "--push-contact",
-        default="mailto:admin@localhost",
-        help="VAPID contact sent to Web Push services (mailto: or https: URL)",
-    )
-    server.add_argument(
-        "--push-interval", type=int, default=30, help="seconds between pushes to one device"
-    )
-    blobs = server.add_argument_group("attachments (encrypted blobs)")
-    blobs.add_argument("--blob-dir", type=Path, help="local blob directory (default: DATA/blobs)")
-    blobs.add_argument(
-        "--s3-bucket", help="store blobs in this S3-compatible bucket (AWS_* env credentials)"
-    )
-    blobs.add_argument("--s3-endpoint-url", help="e.g. http://127.0.0.1:9000 for MinIO")
-    blobs.add_argument("--s3-region", default=None)
-    blobs.add_argument(
-        "--max-file-mb", type=int, default=2048, help="largest attachment, MiB (default 2048)"
-    )
-    blobs.add_argument(
-        "--quota-mb", type=int, default=10240, help="attachments per account, MiB (default 10240)"
-    )
-    blobs.add_argument(
-        "--blob-days", type=int, default=30, help="days a blob is kept after upload (default 30)"
-    )
-    limits = ServerConfig(data_dir=Path("."))
-    server.add_argument(
-        "--max-registrations-per-min",
-        type=int,
-        default=limits.registrations_per_ip_per_min,
-        help="accounts and devices added per minute from one IP address",
-    )
-    server.add_argument(
-        "--max-sign-ins-per-min",
-        type=int,
-        default=limits.sign_ins_per_ip_per_min,
-        help="challenges and tokens asked for per minute from one IP address",
-    )
-    server.add_argument(
-        "--max-messages-per-s",
-        type=float,
-        default=limits.messages_per_device_per_s,
-        help=f"sends per second by one device (bursts of {limits.message_burst})",
-    )
-    server.add_argument(
-        "--max-connections-per-ip",
-        type=int,
-        default=limits.max_connections_per_ip,
-        help="sockets open at once from one IP address",
-    )
-    server.add_argument(
-        "--limit-loopback",
-        action="store_true",
-        help="apply the limits to 127.0.0.1 and ::1 too (exempt by default)",
-    )
+from bisik.server.handlers import AccountsHandler
+from bisik.server.stores import AccountStore
 
 
 def config_from(args: argparse.Namespace) -> ServerConfig:
@@ -114,10 +45,6 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
 
 
 async def _mint_invite(config: ServerConfig) -> str:
-    from bisik.server._db import create_engine, migrate
-    from bisik.server.handlers import AccountsHandler
-    from bisik.server.stores import AccountStore
-
     config.data_dir.mkdir(parents=True, exist_ok=True)
     engine = create_engine(config.resolved_database_url)
     try:
@@ -127,7 +54,8 @@ async def _mint_invite(config: ServerConfig) -> str:
         await engine.dispose()
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, session: Session) -> int:
+    """Serve until stopped, in its own event loop (uvicorn picks uvloop), or print an invite."""
     config = config_from(args)
     if args.action == "invite":
         code = asyncio.run(_mint_invite(config))
