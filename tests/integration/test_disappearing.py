@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from bisik.client import (
     Client,
     ClientError,
+    ManualClock,
     MessageChanged,
     MessageReceived,
     MessagesExpired,
@@ -23,6 +24,7 @@ from bisik.client import (
 from bisik.client._models import ActionContent
 from bisik.crypto import KeyFile
 from bisik.server.stores.schema import envelopes, messages
+from tests._internals import forge_action
 from tests.conftest import PASSWORD, ClientFactory, RunningServer, next_event
 from tests.integration.test_groups import linked, until
 
@@ -31,15 +33,13 @@ PAGE = 4096
 RESERVE = 80  # SQLCipher 4: 16-byte IV + 64-byte HMAC-SHA512 per page
 
 
-class Clock:
-    """A client clock the test moves by hand."""
-
-    def __init__(self, client: Client) -> None:
-        self.now = client.clock()
-        client.clock = lambda: self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += int(seconds * SECOND)
+def refusals(caplog: pytest.LogCaptureFixture, kind: str, actor: str) -> int:
+    """How many actions of ``kind`` from ``actor`` a client refused (it logs each)."""
+    prefix = f"refused a {kind} from {actor}:"
+    return sum(
+        r.name == "bisik.client.timeline" and r.getMessage().startswith(prefix)
+        for r in caplog.records
+    )
 
 
 async def received(inbox: asyncio.Queue[object], body: str) -> str:
@@ -80,9 +80,9 @@ def decrypted_pages(home: Path) -> bytes:
 
 
 async def test_timer_counts_from_sending_and_from_reading(make_client: ClientFactory) -> None:
-    alice = await make_client("alice")
-    bob = await make_client("bob")
-    a_clock, b_clock = Clock(alice), Clock(bob)
+    a_clock, b_clock = ManualClock(), ManualClock()
+    alice = await make_client("alice", clock=a_clock)
+    bob = await make_client("bob", clock=b_clock)
     b_in = bob.subscribe()
     alice.set_timer("bob", 30)
     changed = await next_event(b_in, TimerChanged)
@@ -132,8 +132,8 @@ async def test_timer_counts_from_sending_and_from_reading(make_client: ClientFac
 
 async def test_unread_messages_go_at_the_hard_cap(make_client: ClientFactory) -> None:
     alice = await make_client("alice")
-    bob = await make_client("bob")
-    b_clock = Clock(bob)
+    b_clock = ManualClock()
+    bob = await make_client("bob", clock=b_clock)
     b_in = bob.subscribe()
     alice.set_timer("bob", 300)
     await next_event(b_in, TimerChanged)
@@ -150,11 +150,11 @@ async def test_a_device_online_after_expiry_never_shows_it(
     make_client: ClientFactory, server: RunningServer
 ) -> None:
     alice = await make_client("alice")
-    bob = await make_client("bob", connect=False)
+    b_clock = ManualClock()
+    bob = await make_client("bob", connect=False, clock=b_clock)
     alice.set_timer("bob", 30)
     gone = await alice.send_text("bob", "too late for bob")
     await alice.wait_sent(gone.id, timeout=10)
-    b_clock = Clock(bob)
     b_clock.advance(61)
     b_in = bob.subscribe()
     await bob.connect()
@@ -238,8 +238,8 @@ async def test_expired_plaintext_is_gone_from_the_database_file(
     make_client: ClientFactory, tmp_path: Path
 ) -> None:
     alice = await make_client("alice")
-    bob = await make_client("bob")
-    b_clock = Clock(bob)
+    b_clock = ManualClock()
+    bob = await make_client("bob", clock=b_clock)
     b_in = bob.subscribe()
     alice.set_timer("bob", 30)
     await next_event(b_in, TimerChanged)
@@ -296,8 +296,11 @@ async def test_reply_react_edit_and_delete_for_everyone(make_client: ClientFacto
     assert answer.id in [m.id for m in alice.history("bob")]
 
 
-async def test_forged_and_late_actions_are_refused(make_client: ClientFactory) -> None:
-    alice = await make_client("alice")
+async def test_forged_and_late_actions_are_refused(
+    make_client: ClientFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    a_clock = ManualClock()
+    alice = await make_client("alice", clock=a_clock)
     bob = await make_client("bob")
     a_in, b_in = alice.subscribe(), bob.subscribe()
     original = await alice.send_text("bob", "the meeting is at 3")
@@ -306,23 +309,22 @@ async def test_forged_and_late_actions_are_refused(make_client: ClientFactory) -
     forged = ActionContent(
         kind="edit", target=original.id, target_sender="alice", body="the meeting is cancelled"
     )
-    bob._send_action("@alice", forged)
+    forge_action(bob, "@alice", forged)
     marker = await bob.send_text("alice", "after the forged edit")
     await received(a_in, "after the forged edit")
     assert marker.id
     assert alice.history("bob")[0].body == "the meeting is at 3"
-    assert alice.action_stats["refused"] == 1
+    assert refusals(caplog, "edit", "bob") == 1  # alice's client refused it
     # alice herself, 25 hours later (a clock that lies to her own client's checks).
-    a_clock = Clock(alice)
     with pytest.raises(ClientError, match="24 hours"):
         a_clock.advance(25 * 3600)
         alice.edit(original.id, "too late")
     late = ActionContent(kind="delete", target=original.id, target_sender="alice")
-    alice._send_action("@bob", late)
+    forge_action(alice, "@bob", late)
     marker = await alice.send_text("bob", "after the late delete")
     await received(b_in, "after the late delete")
     assert bob.history("alice")[0].body == "the meeting is at 3"
-    assert bob.action_stats["refused"] == 1
+    assert refusals(caplog, "delete", "alice") == 1  # bob's client refused it
 
 
 async def test_actions_converge_on_every_device(make_client: ClientFactory, tmp_path: Path) -> None:
@@ -358,7 +360,8 @@ async def test_actions_converge_on_every_device(make_client: ClientFactory, tmp_
 async def test_group_timer_and_actions(make_client: ClientFactory) -> None:
     alice = await make_client("alice")
     bob = await make_client("bob")
-    carol = await make_client("carol")
+    c_clock = ManualClock()
+    carol = await make_client("carol", clock=c_clock)
     c_in = carol.subscribe()
     group = await alice.create_group("Secret", ["bob", "carol"])
     await until(lambda: any(g.name == "Secret" for g in bob.groups()))
@@ -371,7 +374,6 @@ async def test_group_timer_and_actions(make_client: ClientFactory) -> None:
     await until(lambda: alice.history("#Secret")[-1].reactions == {"carol": "🔥"})
     alice.edit(sent.id, "group secret, edited")
     await until(lambda: bodies(bob, "#Secret")[-1] == "group secret, edited")
-    c_clock = Clock(carol)
     c_clock.advance(2 * 3600 + 1)
     assert carol.expire_now() == 1
     assert "group secret, edited" not in bodies(carol, "#Secret")

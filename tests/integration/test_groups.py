@@ -23,6 +23,8 @@ from bisik.client._models import DeviceStamp, GroupPlaintext, RoomKeyContent
 from bisik.crypto import MegolmInbound, MegolmOutbound
 from bisik.proto import ErrorCode, ProtocolError
 from bisik.server.stores.schema import devices, envelopes, messages, users
+from tests._internals import devices as device_directory
+from tests._internals import group_store, pickle_key, send_olm_control, stamp
 from tests.conftest import (
     PASSWORD,
     ClientFactory,
@@ -57,6 +59,21 @@ async def until(check: Callable[[], bool], timeout: float = 10.0) -> None:
     async with asyncio.timeout(timeout):
         while not check():
             await asyncio.sleep(0.02)
+
+
+def key_refusals(caplog: pytest.LogCaptureFixture, requester: Client) -> int:
+    """How many key requests from ``requester``'s device a member refused (it logs each)."""
+    who = f"refusing {requester.username}/{requester.device_id} a group key"
+    return sum(
+        r.name == "bisik.client.groups" and r.getMessage().startswith(who) for r in caplog.records
+    )
+
+
+def drain(queue: asyncio.Queue[object]) -> list[object]:
+    items = []
+    while not queue.empty():
+        items.append(queue.get_nowait())
+    return items
 
 
 async def sent(client: Client, target: str, text: str) -> str:
@@ -160,7 +177,7 @@ async def test_several_devices_per_user(make_client: ClientFactory, tmp_path: Pa
 
 
 async def test_removed_member_reads_nothing_new(
-    make_client: ClientFactory, server: RunningServer
+    make_client: ClientFactory, server: RunningServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     alice = await make_client("alice")
     bob = await make_client("bob")
@@ -169,14 +186,14 @@ async def test_removed_member_reads_nothing_new(
     group = await alice.create_group("Team", ["bob", "carol"])
     await sent(alice, "#Team", "before")
     assert await group_bodies(c_in, 1) == ["before"]
-    session_before = alice._gdb.outbound(group.group_id)
+    session_before = group_store(alice).outbound(group.group_id)
     assert session_before is not None
 
     await alice.remove_member("#Team", "carol")
     await until(lambda: not carol.group(group.group_id).active)
     await sent(alice, "#Team", "after carol left")
     assert await group_bodies(b_in, 2) == ["before", "after carol left"]
-    session_after = alice._gdb.outbound(group.group_id)
+    session_after = group_store(alice).outbound(group.group_id)
     assert session_after is not None and session_after.session_id != session_before.session_id
 
     # Even handed the ciphertext by a compromised server, carol cannot read it:
@@ -184,9 +201,10 @@ async def test_removed_member_reads_nothing_new(
     await deliver_copy(server, await last_group_message(server, group.group_id), carol)
     await next_event(c_in, MessageWaiting)
     await asyncio.sleep(0.5)  # time for a (refused) key request and any answer
+    # No key came: the message still waits, and nothing new opened.
+    assert not any(isinstance(e, MessageReceived) for e in drain(c_in))
     assert carol.waiting_count() == 1
     assert [m.body for m in carol.history(f"#{group.group_id}")] == ["before"]
-    assert alice.group_stats["key_requests_answered"] == 0
     with pytest.raises(ClientError, match="no longer a member"):
         await carol.send_text(f"#{group.group_id}", "let me back in")
 
@@ -217,7 +235,7 @@ async def test_member_list_is_built_once_per_version(make_client: ClientFactory)
 
 
 async def test_new_member_reads_from_when_added(
-    make_client: ClientFactory, server: RunningServer
+    make_client: ClientFactory, server: RunningServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     alice = await make_client("alice")
     bob = await make_client("bob")
@@ -237,7 +255,8 @@ async def test_new_member_reads_from_when_added(
     # refuses his key request (he was not a member when it was sent).
     await deliver_copy(server, old_message, dave)
     await next_event(d_in, MessageWaiting)
-    await until(lambda: alice.group_stats["key_requests_refused"] == 1)
+    await until(lambda: key_refusals(caplog, dave) >= 1)  # alice's client refused it
+    assert key_refusals(caplog, dave) == 1
     assert dave.waiting_count("#Book club") == 1
     assert [m.body for m in dave.history("#Book club")] == ["welcome dave"]
 
@@ -260,12 +279,13 @@ async def test_lost_key_share_is_recovered_by_key_request(
     assert lost.rowcount >= 1
     b_in = bob.subscribe()
     await bob.connect()
-    await next_event(b_in, MessageWaiting)
+    # The message waits for its key; bob asks alice's devices, alice answers (the
+    # only way bob can have the key now) and the waiting message opens.
+    waiting = await next_event(b_in, MessageWaiting)
+    assert (waiting.sender, waiting.sender_device) == ("alice", alice.device_id)
     assert await group_bodies(b_in, 1) == ["deploy at noon"]
-    await until(lambda: alice.group_stats["key_requests_answered"] >= 1)
     await until(lambda: bob.waiting_count() == 0)
-    assert bob.group_stats["key_requests_sent"] >= 1
-    assert bob.group_stats["recovered"] >= 1
+    assert [(m.sender, m.body) for m in bob.history("#Ops")] == [("alice", "deploy at noon")]
 
 
 async def test_replayed_group_message_is_rejected(
@@ -377,19 +397,22 @@ async def test_revoked_device_rotates_the_session(
     phone = await linked(bob, tmp_path / "bob-phone")
     group = await alice.create_group("Rotate", ["bob"])
     await sent(alice, "#Rotate", "one")
-    first = alice._gdb.outbound(group.group_id)
+    first = group_store(alice).outbound(group.group_id)
     assert first is not None and len(first.shared_with) == 2
     await bob.remove_device(phone.device_id)
     await asyncio.sleep(0.3)  # the devices_changed notice reaches alice
     await sent(alice, "#Rotate", "two")
-    second = alice._gdb.outbound(group.group_id)
+    second = group_store(alice).outbound(group.group_id)
     assert second is not None and second.session_id != first.session_id
     assert len(second.shared_with) == 1
     await phone.close()
 
 
 async def test_new_device_of_a_member_reads_from_when_it_was_added(
-    make_client: ClientFactory, server: RunningServer, tmp_path: Path
+    make_client: ClientFactory,
+    server: RunningServer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     alice = await make_client("alice")
     bob = await make_client("bob")
@@ -406,7 +429,8 @@ async def test_new_device_of_a_member_reads_from_when_it_was_added(
 
     await deliver_copy(server, old_message, phone)
     await next_event(p_in, MessageWaiting)
-    await until(lambda: alice.group_stats["key_requests_refused"] == 1)
+    await until(lambda: key_refusals(caplog, phone) >= 1)  # alice's client refused it
+    assert key_refusals(caplog, phone) == 1
     assert phone.waiting_count() == 1
     assert [m.body for m in phone.history("#Devices")] == ["hello phone"]
     assert phone.group(group.group_id).name == "Devices"  # told with the key share
@@ -456,12 +480,12 @@ async def test_forged_key_answers_and_removed_senders_are_refused(
 
     # mallory holds alice's session key (she is a member) and forwards it to bob as
     # if it were an answer from alice's account.
-    session = alice._gdb.outbound(group.group_id)
+    session = group_store(alice).outbound(group.group_id)
     assert session is not None
-    await until(lambda: mallory._gdb.inbound(session.session_id) is not None)
-    hers = mallory._gdb.inbound(session.session_id)
+    await until(lambda: group_store(mallory).inbound(session.session_id) is not None)
+    hers = group_store(mallory).inbound(session.session_id)
     assert hers is not None
-    exported = MegolmInbound.from_pickle(hers.pickle, mallory._pickle_key).export_at(
+    exported = MegolmInbound.from_pickle(hers.pickle, pickle_key(mallory)).export_at(
         hers.first_index
     )
     assert exported is not None
@@ -471,28 +495,28 @@ async def test_forged_key_answers_and_removed_senders_are_refused(
         key=exported,
         exported=True,
         owner=DeviceStamp(
-            username="alice", device_id=alice.device_id, ed25519=alice._machine.ed25519
+            username="alice", device_id=alice.device_id, ed25519=stamp(alice).ed25519
         ),
     )
-    bob_devices = await mallory._devices.recipient_devices("bob", refresh=True)
-    await mallory._send_olm_control(group.group_id, bob_devices, "room_key", room_key=forged)
+    bob_devices = await device_directory(mallory).recipient_devices("bob", refresh=True)
+    await send_olm_control(mallory, group.group_id, bob_devices, "room_key", room_key=forged)
     failure = await next_event(b_in, DecryptionFailed)
     assert "another user" in failure.reason
 
     # mallory talks, is removed, and a compromised server keeps delivering her messages.
     await sent(mallory, "#Trust", "still a member")
     assert await group_bodies(b_in, 1) == ["still a member"]
-    outbound = mallory._gdb.outbound(group.group_id)  # her ratchet, kept by the attacker
+    outbound = group_store(mallory).outbound(group.group_id)  # her ratchet, kept by the attacker
     assert outbound is not None
     await alice.remove_member("#Trust", "mallory")
     await until(lambda: [m.username for m in bob.group(group.group_id).members] == ["alice", "bob"])
     # A new message under mallory's session, injected by the server after her removal.
-    ratchet = MegolmOutbound.from_pickle(outbound.pickle, mallory._pickle_key)
+    ratchet = MegolmOutbound.from_pickle(outbound.pickle, pickle_key(mallory))
     content = GroupPlaintext(
         type="text",
         id="mallory-after-removal",
         sender=DeviceStamp(
-            username="mallory", device_id=mallory.device_id, ed25519=mallory._machine.ed25519
+            username="mallory", device_id=mallory.device_id, ed25519=stamp(mallory).ed25519
         ),
         group_id=group.group_id,
         sent_at=1,
@@ -543,10 +567,17 @@ async def test_offline_backlog_of_group_and_direct_messages(
     try:
         inbox = bob.subscribe()
         await bob.connect()
-        synced = await next_event(inbox, Synced, timeout=20)
+        seen: list[object] = []
+        async with asyncio.timeout(20):
+            while not isinstance(event := await inbox.get(), Synced):
+                seen.append(event)
+        synced = event
         assert synced.count == 36
+        assert not any(isinstance(e, MessageWaiting) for e in seen), "nothing waits for a key"
         assert [m.body for m in bob.history("#Backlog")] == expected
         assert [m.body for m in bob.history("alice")] == [f"direct {i}" for i in range(0, 30, 5)]
-        assert bob.group_stats["waiting"] == 0
+        assert bob.waiting_count() == 0 and not any(
+            isinstance(e, MessageWaiting) for e in drain(inbox)
+        )
     finally:
         await bob.close()

@@ -13,6 +13,8 @@ from bisik.client import IdentityChanged, IdentityKeyChanged, MessageReceived
 from bisik.client._models import DeviceStamp, Plaintext
 from bisik.crypto import IdentityKey, b64encode, device_payload
 from bisik.server.stores.schema import devices, envelopes, messages, users
+from tests._internals import devices as device_directory
+from tests._internals import group_store, machine, stamp
 from tests.conftest import ClientFactory, RunningServer, next_event
 
 
@@ -87,10 +89,9 @@ async def test_replaced_identity_key_blocks_sending(
 
     # The server swaps in its own identity key for bob and a device signed by it.
     evil, _ = await replace_identity(server, "bob")
-    alice._devices.forget("bob")
-    alice._devices._fetched.clear()
+    device_directory(alice).forget("bob")  # bob's list is stale: fetched again
     with pytest.raises(IdentityKeyChanged) as err:
-        await alice._devices.recipient_devices("bob", refresh=True)
+        await device_directory(alice).recipient_devices("bob", refresh=True)
     assert err.value.new == evil.public_key
     with pytest.raises(IdentityKeyChanged):
         await alice.send_text("bob", "must not go to the impostor")
@@ -119,7 +120,7 @@ async def test_messages_from_an_impostor_identity_are_held_until_trusted(
             )
         ).json()["keys"][0]["key"]["key"]
     session = impostor.create_outbound_session(
-        vodozemac.Curve25519PublicKey.from_base64(alice._machine.curve25519),
+        vodozemac.Curve25519PublicKey.from_base64(machine(alice).curve25519),
         vodozemac.Curve25519PublicKey.from_base64(claimed),
     )
     content = Plaintext(
@@ -129,7 +130,7 @@ async def test_messages_from_an_impostor_identity_are_held_until_trusted(
             username="bob", device_id="EVILDEVICE", ed25519=impostor.ed25519_key.to_base64()
         ),
         recipient=DeviceStamp(
-            username="alice", device_id=alice.device_id, ed25519=alice._machine.ed25519
+            username="alice", device_id=alice.device_id, ed25519=stamp(alice).ed25519
         ),
         to="alice",
         sent_at=1,
@@ -193,13 +194,14 @@ async def test_group_keys_skip_a_member_whose_identity_key_was_replaced(
     assert (await next_event(inbox, MessageReceived)).message.body == "before"
 
     await replace_identity(server, "bob")
-    alice._devices.forget("bob")
+    directory = device_directory(alice)
+    directory.forget("bob")
     with pytest.raises(IdentityKeyChanged):
-        await alice._devices.recipient_devices("bob", refresh=True)
-    assert set(alice._devices.fresh_devices(["bob", "carol"])) == {"carol"}
+        await directory.recipient_devices("bob", refresh=True)
+    assert set(directory.fresh_devices(["bob", "carol"])) == {"carol"}
 
     await alice.send_text(target, "after the swap")
     assert (await next_event(inbox, MessageReceived)).message.body == "after the swap"
-    outbound = alice._gdb.outbound(group.group_id)
+    outbound = group_store(alice).outbound(group.group_id)
     assert outbound is not None
     assert {ref.split("/")[0] for ref in outbound.shared_with} == {"carol"}

@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from bisik.client import AttachmentError, TimerChanged
+from bisik.client import AttachmentError, ManualClock, TimerChanged
 from tests.conftest import ClientFactory, RunningServer, next_event
 from tests.integration.test_attachments import blob_files, received_attachment, write_random
-from tests.integration.test_disappearing import Clock
 from tests.integration.test_groups import linked, until
 
 
@@ -35,8 +34,9 @@ async def test_files_in_a_group(
 async def test_disappearing_file_and_its_blob_go(
     make_client: ClientFactory, server: RunningServer, tmp_path: Path
 ) -> None:
-    alice = await make_client("alice")
-    bob = await make_client("bob")
+    a_clock, b_clock = ManualClock(), ManualClock()
+    alice = await make_client("alice", clock=a_clock)
+    bob = await make_client("bob", clock=b_clock)
     b_in = bob.subscribe()
     alice.set_timer("bob", 30)
     await next_event(b_in, TimerChanged)
@@ -50,7 +50,6 @@ async def test_disappearing_file_and_its_blob_go(
     row = await server.services.blobs._store.get(got.attachment.blob_id)
     assert row is not None and row.ttl_ms == 60_000  # the server drops it by the hard cap
 
-    a_clock, b_clock = Clock(alice), Clock(bob)
     a_clock.advance(31)
     assert alice.expire_now() == 1
     await until(lambda: blob_files(server) == [])  # the uploader deletes it at once
@@ -62,7 +61,8 @@ async def test_disappearing_file_and_its_blob_go(
 
 async def test_view_once(make_client: ClientFactory, server: RunningServer, tmp_path: Path) -> None:
     alice = await make_client("alice")
-    bob = await make_client("bob")
+    clock = ManualClock()
+    bob = await make_client("bob", clock=clock)
     phone = await linked(bob, tmp_path / "bob-phone")
     b_in, p_in = bob.subscribe(), phone.subscribe()
     src = tmp_path / "once.bin"
@@ -80,7 +80,6 @@ async def test_view_once(make_client: ClientFactory, server: RunningServer, tmp_
         await bob.download_attachment(got.id)
     # bob's other device forgets it at once; this one after the viewing window.
     await until(lambda: phone.attachment(got.id) is None)
-    clock = Clock(bob)
     clock.advance(5 * 60 + 1)
     assert bob.expire_now() == 1
     assert not opened.exists() and bob.attachment(got.id) is None

@@ -23,6 +23,7 @@ from bisik.client import (
     ReceiptUpdated,
     TypingChanged,
 )
+from tests._internals import signals
 from tests.conftest import ClientFactory, RunningServer, next_event
 from tests.integration.test_devices import link
 
@@ -80,7 +81,7 @@ async def test_typing_is_throttled_expires_and_needs_a_conversation(
     bob = await make_client("bob")
     carol = await make_client("carol")
     await chat_once(alice, bob)
-    bob._signals.typing_timeout_s = 0.5
+    signals(bob).typing_timeout_s = 0.5
     b_in = bob.subscribe()
     for _ in range(5):
         alice.set_typing("bob", True)
@@ -106,7 +107,7 @@ async def test_typing_is_throttled_expires_and_needs_a_conversation(
 
     # bob turns typing off: alice's indicators are no longer shown to him.
     await bob.update_settings(typing=False)
-    alice._signals._last_start.clear()
+    alice.set_typing("bob", False)  # ends the start above: the next is not throttled
     alice.set_typing("bob", True)
     await asyncio.sleep(0.5)
     assert not any(isinstance(e, TypingChanged) for e in _drain(b_in))
