@@ -15,30 +15,13 @@ from starlette.exceptions import HTTPException
 from bisik.proto import SocketPacket
 from bisik.server._config import ServerConfig
 from bisik.server._db import create_engine, migrate
+from bisik.server._internals import RecoveringRedisManager
 from bisik.server._limits import RateLimitMiddleware
 from bisik.server._services import Services
 from bisik.server.realtime import BisikNamespace, SocketNotifier, SocketServer
-from bisik.server.realtime._redis import RecoveringRedisManager
 from bisik.server.rest import build_routes, http_exception
 
 log = logging.getLogger("bisik.server")
-
-
-async def _close_redis_manager(manager: Any) -> None:
-    """Stop the Redis listener and close its connections.
-
-    python-socketio has no public hook for this; without it every stopped
-    server (a test, a restart in-process) would leak a listener and a socket.
-    """
-    listener = getattr(manager, "thread", None)
-    if isinstance(listener, asyncio.Task):
-        listener.cancel()
-        await asyncio.gather(listener, return_exceptions=True)
-    for name in ("pubsub", "redis"):
-        conn = getattr(manager, name, None)
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                await conn.aclose()
 
 
 def create_app(config: ServerConfig) -> Any:
@@ -87,12 +70,10 @@ def create_app(config: ServerConfig) -> Any:
             blob_gc.cancel()
             purge.cancel()
             await asyncio.gather(blob_gc, purge, return_exceptions=True)
-            await sio.shutdown()
-            await services.push.close()
-            await services.blobs.close()
+            await sio.shutdown()  # its heartbeat timer and tasks
+            await services.close()
             if manager is not None:
-                await _close_redis_manager(manager)
-            await asyncio.to_thread(services.db.close)
+                await manager.close()
             await engine.dispose()
 
     http = Starlette(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -50,6 +51,8 @@ class Services:
     blobs: BlobsHandler
     groups: GroupsHandler
     db: OneHop
+    message_store: MessageStore
+    auth_store: AuthStore
 
     @classmethod
     def build(cls, config: ServerConfig, engine: AsyncEngine, notifier: Notifier) -> Services:
@@ -61,13 +64,15 @@ class Services:
         backups = BackupsHandler(BackupStore(engine))
         groups = GroupsHandler(GroupStore(engine), notifier.group_changed)
         blobs = BlobsHandler(config, BlobStore(engine), backend_for(config))
+        message_store = MessageStore(db)
+        auth_store = AuthStore(db)
         return cls(
             config=config,
             engine=engine,
             accounts=AccountsHandler(config, accounts),
-            auth=AuthHandler(config, AuthStore(db)),
+            auth=AuthHandler(config, auth_store),
             keys=KeysHandler(config, accounts, KeyStore(engine), notifier),
-            messages=MessagesHandler(config, MessageStore(db), notifier, presence, push, groups),
+            messages=MessagesHandler(config, message_store, notifier, presence, push, groups),
             account_store=accounts,
             devices=DevicesHandler(accounts, notifier, backups),
             rendezvous=RendezvousHandler(RendezvousStore(engine)),
@@ -78,4 +83,15 @@ class Services:
             blobs=blobs,
             groups=groups,
             db=db,
+            message_store=message_store,
+            auth_store=auth_store,
         )
+
+    async def close(self) -> None:
+        """Finish what is in flight and release it all: push tasks (cancelled), the
+        blob backend, the group-commit batches (written), then the database thread."""
+        await self.push.close()
+        await self.blobs.close()
+        for store in (self.message_store, self.auth_store, self.presence_store):
+            await store.close()
+        await asyncio.to_thread(self.db.close)

@@ -6,7 +6,8 @@ import asyncio
 import itertools
 from typing import Any
 
-from bisik.server.realtime._engine import _TICK_S, LeanEngineServer, _translate_request
+from bisik.server._heartbeat import TICK_S
+from bisik.server._internals import LeanEngineServer, translate_request
 
 
 async def test_websocket_environ_keeps_engineios_headers_and_the_scope_lets_go_of_the_rest() -> (
@@ -30,7 +31,7 @@ async def test_websocket_environ_keeps_engineios_headers_and_the_scope_lets_go_o
     async def receive() -> dict[str, Any]:
         return {"type": "websocket.connect"}
 
-    environ = await _translate_request(scope, receive, None)
+    environ = await translate_request(scope, receive, None)
     assert environ["HTTP_HOST"] == "chat.example"
     assert environ["HTTP_UPGRADE"] == "websocket"
     assert environ["HTTP_CONNECTION"] == "Upgrade"
@@ -122,7 +123,7 @@ async def test_heartbeat_pings_every_interval_while_pongs_come_back() -> None:
             assert 4 <= len(c.pings) <= 6
             assert c.pings[0] - start >= 0.2
             gaps = [b - a for a, b in itertools.pairwise(c.pings)]
-            assert all(0.19 <= gap <= 0.2 + _TICK_S + 0.05 for gap in gaps), gaps
+            assert all(0.19 <= gap <= 0.2 + TICK_S + 0.05 for gap in gaps), gaps
         assert reasons == []
         assert len(server.sockets) == 5
     finally:
@@ -130,7 +131,7 @@ async def test_heartbeat_pings_every_interval_while_pongs_come_back() -> None:
             c.incoming.put_nowait({"type": "websocket.disconnect", "code": 1000})
         await asyncio.wait_for(asyncio.gather(*tasks), 1)
     assert reasons == [server.reason.TRANSPORT_CLOSE] * 5
-    assert len(server._heartbeat) == 0  # closed sockets leave the heartbeat
+    assert len(server.heartbeat) == 0  # closed sockets leave the heartbeat
     assert server.sockets == {}  # and the server's map, without a service task
     assert server.service_task_handle is None
     await server.shutdown()
@@ -147,15 +148,31 @@ async def test_heartbeat_drops_a_socket_whose_pong_is_overdue_and_keeps_the_othe
     await asyncio.wait_for(tasks[0], 2)
     assert len(silent.pings) == 1
     assert silent.closed_at is not None
-    assert 0.29 <= silent.closed_at - silent.pings[0] <= 0.3 + _TICK_S + 0.05
+    assert 0.29 <= silent.closed_at - silent.pings[0] <= 0.3 + TICK_S + 0.05
     assert "1" not in silent.sent  # dropped without a CLOSE packet: the client reconnects
     assert reasons == [server.reason.PING_TIMEOUT]
     assert talking.closed_at is None
-    assert len(server._heartbeat) == 1
+    assert len(server.heartbeat) == 1
     pings = len(talking.pings)
     await asyncio.sleep(0.5)
     assert len(talking.pings) > pings  # the heartbeat goes on for the others
     talking.incoming.put_nowait({"type": "websocket.disconnect", "code": 1000})
     await asyncio.wait_for(tasks[1], 1)
-    assert len(server._heartbeat) == 0
+    assert len(server.heartbeat) == 0
     await server.shutdown()
+
+
+async def test_shutdown_cancels_the_heartbeat_timer_and_the_tasks_the_server_started() -> None:
+    server, _reasons = _server(interval=0.2, timeout=0.3)
+    client = _Client(answers=True)
+    task = asyncio.create_task(server.handle_request(client.scope(), client.receive, client.send))
+    await asyncio.sleep(0.05)
+    assert len(server.heartbeat) == 1
+    never = asyncio.get_running_loop().create_future()
+    server.run_owned(never)
+    await server.shutdown()
+    assert never.cancelled()
+    assert len(server.heartbeat) == 0
+    assert server.heartbeat._timer is None  # nothing left to wake the loop
+    client.incoming.put_nowait({"type": "websocket.disconnect", "code": 1000})
+    await asyncio.wait_for(task, 1)

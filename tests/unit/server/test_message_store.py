@@ -11,7 +11,7 @@ from sqlalchemy import Connection, insert, select
 
 from bisik.server._db import OneHop, create_engine, migrate
 from bisik.server.stores import MessageStore
-from bisik.server.stores.messages import NewEnvelope, NewMessage
+from bisik.server.stores.messages import EnvelopeIdsNotConsecutive, NewEnvelope, NewMessage
 from bisik.server.stores.schema import devices, envelopes, users
 
 
@@ -101,3 +101,24 @@ async def test_a_frame_naming_a_device_gone_fails_alone(
         return len(conn.execute(select(envelopes.c.id)).all())
 
     assert await db.read(count) == 2  # the bad frame's first row rolled back with it
+
+
+async def test_envelope_ids_that_are_not_the_consecutive_run_fail_the_write_loudly(
+    store: tuple[MessageStore, OneHop, list[int]],
+) -> None:
+    messages, db, pks = store
+    await messages.store(group_message(pks[0], "first", pks[1:]))
+
+    def sequence_behind(conn: Connection) -> None:
+        # As if AUTOINCREMENT's counter no longer told where the next ids start.
+        conn.exec_driver_sql("UPDATE sqlite_sequence SET seq = seq - 2 WHERE name = 'envelopes'")
+
+    await db.write(sequence_behind)
+    with pytest.raises(EnvelopeIdsNotConsecutive, match="after id 2 ended at id 6, not 4"):
+        await messages.store(group_message(pks[0], "second", pks[1:3]))
+
+    def stored(conn: Connection) -> int:
+        return len(conn.execute(select(envelopes.c.id)).all())
+
+    assert await db.read(stored) == 4  # the second message's rows rolled back
+    await messages.close()

@@ -11,17 +11,13 @@ import websockets
 from uvicorn import Config
 from uvicorn.server import ServerState
 
-from bisik.server._uvicorn import (
-    LeanWebSocketProtocol,
-    _Flag,
-    _Inbox,
-    uvicorn_options,
-)
+from bisik.server._uvicorn import LeanWebSocketProtocol, uvicorn_options
+from bisik.server._waiters import Flag, Inbox
 from tests.conftest import free_port
 
 
 async def test_inbox_hands_items_over_in_order() -> None:
-    inbox = _Inbox()
+    inbox = Inbox()
     inbox.put_nowait(1)
     inbox.put_nowait(2)
     assert not inbox.empty()
@@ -31,7 +27,7 @@ async def test_inbox_hands_items_over_in_order() -> None:
 
 
 async def test_inbox_wakes_a_waiting_reader() -> None:
-    inbox = _Inbox()
+    inbox = Inbox()
     reader = asyncio.create_task(inbox.get())
     await asyncio.sleep(0)
     assert not reader.done()
@@ -40,7 +36,7 @@ async def test_inbox_wakes_a_waiting_reader() -> None:
 
 
 async def test_inbox_reader_cancelled_while_waiting_loses_nothing() -> None:
-    inbox = _Inbox()
+    inbox = Inbox()
     reader = asyncio.create_task(inbox.get())
     await asyncio.sleep(0)
     reader.cancel()
@@ -51,7 +47,7 @@ async def test_inbox_reader_cancelled_while_waiting_loses_nothing() -> None:
 
 
 async def test_inbox_two_readers_each_get_one_item() -> None:
-    inbox = _Inbox()
+    inbox = Inbox()
     readers = [asyncio.create_task(inbox.get()) for _ in range(2)]
     await asyncio.sleep(0)
     inbox.put_nowait("a")
@@ -60,7 +56,7 @@ async def test_inbox_two_readers_each_get_one_item() -> None:
 
 
 async def test_flag_holds_waiters_until_set_and_releases_them_in_order() -> None:
-    flag = _Flag()
+    flag = Flag()
     flag.set()
     assert await flag.wait()
     flag.clear()
@@ -102,7 +98,7 @@ async def test_protocol_keeps_uvicorns_attributes_in_slots() -> None:
     # Every attribute uvicorn's __init__ sets has a slot: no per-connection dict.
     assert vars(protocol) == {}
     assert protocol.close_timeout == 10.0
-    assert isinstance(protocol.queue, _Inbox)
+    assert isinstance(protocol.queue, Inbox)
 
 
 async def test_send_now_writes_while_the_socket_takes_it_and_refuses_otherwise() -> None:

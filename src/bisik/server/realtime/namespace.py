@@ -6,7 +6,6 @@ the concerns stay in their own modules and register their events here.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Iterable
@@ -16,6 +15,7 @@ import socketio
 from sqlalchemy.exc import OperationalError
 
 from bisik.proto import Envelope, ErrorCode, GroupChange, PresenceInfo, ProtocolError
+from bisik.server._internals import SocketServer
 from bisik.server._limits import STORAGE_UNAVAILABLE, Limits, client_ip, storage_problem
 from bisik.server._services import Services
 from bisik.server.realtime._base import Connection, EventHandler
@@ -49,7 +49,7 @@ class SocketNotifier:
     """Pushes to a device's room; with the Redis manager this reaches every process."""
 
     def __init__(self) -> None:
-        self.sio: socketio.AsyncServer | None = None
+        self.sio: SocketServer | None = None
 
     async def deliver(self, device_pk: int, envelope: Envelope) -> None:
         if self.sio is not None:
@@ -66,20 +66,11 @@ class SocketNotifier:
         if self.sio is None:
             return
         common = envelope.model_dump(exclude={"id"})
-        if type(self.sio.manager) is not socketio.AsyncManager:
-            # The Redis manager publishes every emit to every server process.
-            for device_pk, envelope_id in copies:
-                data = {"id": envelope_id, **common}
-                await self.sio.emit("envelope", data, room=device_room(device_pk))
-            return
-        # One process: the Socket.IO packet is encoded once, only its id differs
-        # per copy (a 500-member group's fan-out built 499 models and packets).
-        tail = json.dumps(common, separators=(",", ":"))[1:]
-        participants = self.sio.manager.get_participants
-        for device_pk, envelope_id in copies:
-            text = f'2["envelope",{{"id":{envelope_id},{tail}]'
-            for _sid, eio_sid in list(participants("/", device_room(device_pk))):
-                await self.sio.eio.send(eio_sid, text)
+        # On one process the packet is encoded once, only its id differs per copy
+        # (a 500-member group's fan-out would build 499 models and packets).
+        await self.sio.emit_copies(
+            "envelope", common, ((device_room(pk), envelope_id) for pk, envelope_id in copies)
+        )
 
     async def keys_low(self, device_pk: int, count: int) -> None:
         if self.sio is not None:

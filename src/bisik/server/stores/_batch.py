@@ -14,7 +14,11 @@ Res = TypeVar("Res")
 
 class Batcher(Generic[Req, Res]):
     """``run`` answers a batch with one result per request, in order; an
-    exception in its place fails that request alone, one raised fails them all."""
+    exception in its place fails that request alone, one raised fails them all.
+
+    The batcher owns the task that drains it: :meth:`close` waits for it, so
+    that no write is still running when the database closes.
+    """
 
     def __init__(
         self, run: Callable[[list[Req]], Awaitable[Sequence[Res | Exception]]], limit: int = 500
@@ -48,3 +52,9 @@ class Batcher(Generic[Req, Res]):
                     future.set_exception(result)
                 else:
                     future.set_result(result)
+
+    async def close(self) -> None:
+        """Wait for the requests already submitted to be written (the server stops)."""
+        while self._task is not None and not self._task.done():
+            await asyncio.shield(self._task)
+        self._task = None

@@ -91,6 +91,13 @@ class AuthStore:
         self._live: Batcher[int, bool] = Batcher(self._live_batch)
         self._purged_at = -PURGE_EVERY_S
 
+    async def close(self) -> None:
+        """Wait for the writes already submitted (the server stops)."""
+        await self._challenges.close()
+        await self._tokens.close()
+        await self._lookups.close()
+        await self._live.close()
+
     async def add_challenge(
         self, username: str, device_id: str, challenge: str, expires_at: int, now: int
     ) -> bool:

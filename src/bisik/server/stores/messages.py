@@ -1,27 +1,14 @@
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-from sqlalchemy import (
-    Connection,
-    Executable,
-    bindparam,
-    delete,
-    exists,
-    func,
-    insert,
-    select,
-    text,
-)
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Connection, bindparam, delete, exists, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from bisik.server._db import OneHop
 from bisik.server.stores._batch import Batcher
+from bisik.server.stores._dialect import PerDialect, for_ids
 from bisik.server.stores.accounts import resolve_devices
 from bisik.server.stores.schema import devices, envelopes, messages, push_subscriptions, users
 
@@ -93,6 +80,11 @@ class MessageStore:
             self._store_batch
         )
 
+    async def close(self) -> None:
+        """Wait for the writes already submitted (the server stops)."""
+        await self._acks.close()
+        await self._sends.close()
+
     async def store(self, message: NewMessage) -> StoredMessage:
         """Store a message and all its envelopes durably.
 
@@ -159,7 +151,7 @@ class MessageStore:
         wanted = sorted({i for _, ids in batch for i in ids})
 
         def write(conn: Connection) -> list[tuple[int, list[int]]]:
-            found = _for_ids(conn, _ACK_FIND, wanted)
+            found = for_ids(conn, _ACK_FIND, wanted)
             owners = {int(i): int(pk) for i, pk, _ in found}
             message_of = {int(i): int(m) for i, _, m in found}
             results: list[tuple[int, list[int]]] = []
@@ -173,9 +165,9 @@ class MessageStore:
                 deletable += mine
                 results.append((len(mine), []))
             gone = sorted({message_of[i] for i in deletable})
-            _for_ids(conn, _ACK_DELETE, deletable)
+            for_ids(conn, _ACK_DELETE, deletable)
             # A disappearing message is gone once every device has it.
-            _for_ids(conn, _ACK_DROP_MESSAGES, gone)
+            for_ids(conn, _ACK_DROP_MESSAGES, gone)
             return results
 
         return await self._db.write(write)
@@ -211,7 +203,6 @@ class MessageStore:
 
 # The hot path's statements, built once: building one per call costs SQLAlchemy
 # several times what executing it does.
-CHUNK = 1000  # ids per IN (...): far below every database's limit on parameters
 _PENDING = (
     select(
         envelopes.c.id,
@@ -235,14 +226,23 @@ _PENDING = (
     .order_by(envelopes.c.id)
     .limit(bindparam("limit"))
 )
-_ACK_FIND = select(envelopes.c.id, envelopes.c.recipient_device_pk, envelopes.c.message_id).where(
-    envelopes.c.id.in_(bindparam("ids", expanding=True))
+# Statements over a list of ids (run with for_ids): on SQLite the ids go in as one
+# JSON array, one statement text whatever the count (see Dialect.in_ids).
+_ACK_FIND = PerDialect(
+    lambda d: select(envelopes.c.id, envelopes.c.recipient_device_pk, envelopes.c.message_id).where(
+        d.in_ids(envelopes.c.id)
+    )
 )
-_ACK_DELETE = delete(envelopes).where(envelopes.c.id.in_(bindparam("ids", expanding=True)))
-_ACK_DROP_MESSAGES = delete(messages).where(
-    messages.c.id.in_(bindparam("ids", expanding=True)),
-    messages.c.expires_at.is_not(None),
-    ~exists().where(envelopes.c.message_id == messages.c.id),
+_ACK_DELETE = PerDialect(lambda d: delete(envelopes).where(d.in_ids(envelopes.c.id)))
+_ACK_DROP_MESSAGES = PerDialect(
+    lambda d: delete(messages).where(
+        d.in_ids(messages.c.id),
+        messages.c.expires_at.is_not(None),
+        ~exists().where(envelopes.c.message_id == messages.c.id),
+    )
+)
+_PUSHABLE = PerDialect(
+    lambda d: select(push_subscriptions.c.device_pk).where(d.in_ids(push_subscriptions.c.device_pk))
 )
 _FIRST = select(messages.c.id, messages.c.created_at).where(
     messages.c.sender_device_pk == bindparam("sender"),
@@ -253,69 +253,34 @@ _SQLITE_INSERT_ENVELOPE = (
     "INSERT INTO envelopes (message_id, recipient_device_pk, kind, type, body, created_at) "
     "VALUES (?, ?, ?, ?, ?, ?)"
 )
-_PUSHABLE = select(push_subscriptions.c.device_pk).where(
-    push_subscriptions.c.device_pk.in_(bindparam("ids", expanding=True))
-)
-# The same statements for a list of ids on SQLite: the ids as one JSON array.
-_ON_SQLITE: dict[Executable, Executable] = {
-    _ACK_FIND: text(
-        "SELECT id, recipient_device_pk, message_id FROM envelopes "
-        "WHERE id IN (SELECT value FROM json_each(:ids))"
-    ),
-    _ACK_DELETE: text("DELETE FROM envelopes WHERE id IN (SELECT value FROM json_each(:ids))"),
-    _ACK_DROP_MESSAGES: text(
-        "DELETE FROM messages WHERE id IN (SELECT value FROM json_each(:ids)) "
-        "AND expires_at IS NOT NULL "
-        "AND NOT EXISTS (SELECT 1 FROM envelopes WHERE envelopes.message_id = messages.id)"
-    ),
-    _PUSHABLE: text(
-        "SELECT device_pk FROM push_subscriptions "
-        "WHERE device_pk IN (SELECT value FROM json_each(:ids))"
-    ),
-}
-
-
-def _for_ids(conn: Connection, statement: Executable, ids: list[int]) -> list[tuple[Any, ...]]:
-    """``statement`` (an ``IN`` over the expanding parameter ``ids``) for all of
-    ``ids``; the rows it returns, if any.
-
-    On SQLite its ``_ON_SQLITE`` form takes them as one JSON array: one statement
-    text whatever the count, where SQLAlchemy expands a parameter per id and
-    compiles each count anew (an ack's find and delete of 498 ids: 2.0 -> 1.0 ms).
-    Elsewhere ``CHUNK`` ids at a time.
-    """
-    if not ids:
-        return []
-    batches: list[tuple[Executable, dict[str, object]]]
-    if conn.dialect.name == "sqlite":
-        batches = [(_ON_SQLITE[statement], {"ids": json.dumps(ids)})]
-    else:
-        batches = [
-            (statement, {"ids": ids[start : start + CHUNK]}) for start in range(0, len(ids), CHUNK)
-        ]
-    rows: list[tuple[Any, ...]] = []
-    for each, params in batches:
-        result = conn.execute(each, params)
-        if result.returns_rows:
-            rows += [tuple(row) for row in result]
-    return rows
-
-
+_SQLITE_ENVELOPE_SEQUENCE = "SELECT seq FROM sqlite_sequence WHERE name = 'envelopes'"
 _UNIQUE = [messages.c.sender_device_pk, messages.c.client_message_id]
-_INSERT_MESSAGE = {
-    "sqlite": sqlite_insert(messages)
-    .on_conflict_do_nothing(index_elements=_UNIQUE)
-    .returning(messages.c.id),
-    "postgresql": pg_insert(messages)
-    .on_conflict_do_nothing(index_elements=_UNIQUE)
-    .returning(messages.c.id),
-}
+_INSERT_MESSAGE = PerDialect(
+    lambda d: (
+        d.insert(messages).on_conflict_do_nothing(index_elements=_UNIQUE).returning(messages.c.id)
+    )
+)
+
+
+class EnvelopeIdsNotConsecutive(RuntimeError):
+    """SQLite gave the rows of one ``executemany`` other ids than the consecutive
+    run the envelope insert assumes: the ids would be misassigned, so the
+    transaction fails instead."""
+
+    def __init__(self, before: int, last: int, rows: int) -> None:
+        super().__init__(
+            f"{rows} envelope rows inserted after id {before} ended at id {last}, "
+            f"not {before + rows}: is envelopes.id still AUTOINCREMENT, with one writer?"
+        )
+        self.before = before
+        self.last = last
+        self.rows = rows
 
 
 def _insert_message(conn: Connection, send: NewMessage) -> int | None:
     """The new message's id, or ``None`` if the sender already used this id."""
     seq = conn.execute(
-        _INSERT_MESSAGE[conn.dialect.name],
+        _INSERT_MESSAGE.on(conn),
         {
             "sender_device_pk": send.sender_pk,
             "client_message_id": send.client_message_id,
@@ -332,11 +297,12 @@ def _insert_envelopes(conn: Connection, rows: list[dict[str, object]]) -> list[i
     """Insert envelope rows; their ids, in order."""
     if conn.dialect.name != "sqlite":
         return [int(i) for i in conn.execute(_INSERT_ENVELOPES, rows).scalars()]
-    # SQLAlchemy's insert-many with RETURNING took ~3x as long as the insert
-    # itself (a 500-member group's fan-out: 5.3 ms vs 1.8). SQLite has one
-    # writer at a time and AUTOINCREMENT gives each row one above the largest
-    # id ever given: the rows of one executemany in this transaction have
-    # consecutive ids, the last one last_insert_rowid().
+    # SQLAlchemy's insert-many with RETURNING costs ~3x the insert itself (see
+    # docs/benchmarks.md). SQLite has one writer at a time and AUTOINCREMENT gives
+    # each row one above the largest id ever given (sqlite_sequence): the rows of
+    # one executemany have consecutive ids, the last one last_insert_rowid().
+    # Checked, not trusted: a change of schema or writer would misassign ids.
+    before = conn.exec_driver_sql(_SQLITE_ENVELOPE_SEQUENCE).scalar()
     conn.exec_driver_sql(
         _SQLITE_INSERT_ENVELOPE,
         [
@@ -352,7 +318,10 @@ def _insert_envelopes(conn: Connection, rows: list[dict[str, object]]) -> list[i
         ],
     )
     last = int(conn.exec_driver_sql("SELECT last_insert_rowid()").scalar_one())
-    return list(range(last - len(rows) + 1, last + 1))
+    start = int(before or 0)
+    if last - start != len(rows):
+        raise EnvelopeIdsNotConsecutive(start, last, len(rows))
+    return list(range(start + 1, last + 1))
 
 
 def _write_sends(
@@ -416,7 +385,7 @@ def _write_sends(
         ids = _insert_envelopes(conn, rows)
     all_pks = {pk for *_, pks in placed for pk in pks}
     wanted = sorted(all_pks)
-    pushable = {int(pk) for (pk,) in _for_ids(conn, _PUSHABLE, wanted)}
+    pushable = {int(pk) for (pk,) in for_ids(conn, _PUSHABLE, wanted)}
     taken = iter(ids)
     for frame_index, index, send, seq, pks in placed:
         body_of = send.group_body

@@ -1,15 +1,14 @@
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, Integer, Update, bindparam, func, insert, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.sql.elements import BindParameter, ColumnElement
+from sqlalchemy.sql.elements import BindParameter
 
 from bisik.server._db import OneHop
 from bisik.server.stores._batch import Batcher
+from bisik.server.stores._dialect import Dialect, PerDialect
 from bisik.server.stores.schema import conversations, devices, user_settings, users
 
 
@@ -75,19 +74,20 @@ _state = (
 )
 
 
-def _socket_change(greatest: Callable[..., ColumnElement[int]]) -> Update:
+def _socket_change(d: Dialect) -> Update:
     return (
         update(devices)
         .where(devices.c.id == bindparam("device_pk"))
         .values(
-            online_count=greatest(devices.c.online_count + bindparam("delta"), 0),
+            online_count=d.greatest(devices.c.online_count + bindparam("delta"), 0),
             last_seen_at=bindparam("now"),
         )
         .returning(devices.c.user_id)
     )
 
 
-_SOCKET_CHANGE = {"sqlite": _socket_change(func.max), "postgresql": _socket_change(func.greatest)}
+_SOCKET_CHANGE = PerDialect(_socket_change)
+_ADD_PAIRS = PerDialect(lambda d: d.insert(conversations).on_conflict_do_nothing())
 
 
 def _share_presence(conn: Connection, user_pk: int) -> bool:
@@ -133,6 +133,10 @@ class PresenceStore:
         self._db = db
         self._changes: Batcher[_SocketChange, Announcement | None] = Batcher(self._change_batch)
 
+    async def close(self) -> None:
+        """Wait for the writes already submitted (the server stops)."""
+        await self._changes.close()
+
     async def add_pairs(self, pairs: Iterable[tuple[int, int]], now: int) -> None:
         """Record 1:1 conversations between user primary keys (either order)."""
         rows = [
@@ -143,8 +147,7 @@ class PresenceStore:
             return
 
         def work(conn: Connection) -> None:
-            dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-            conn.execute(dialect_insert(conversations).on_conflict_do_nothing(), rows)
+            conn.execute(_ADD_PAIRS.on(conn), rows)
 
         await self._db.write(work)
 
@@ -214,7 +217,7 @@ class PresenceStore:
 
     async def _change_batch(self, batch: list[_SocketChange]) -> list[Announcement | None]:
         def work(conn: Connection) -> list[Announcement | None]:
-            change = _SOCKET_CHANGE[conn.dialect.name]
+            change = _SOCKET_CHANGE.on(conn)
             out: list[Announcement | None] = []
             for req in batch:
                 user_pk = conn.execute(
