@@ -33,7 +33,11 @@ AsyncHandler = Callable[[argparse.Namespace, Session], Coroutine[Any, Any, int]]
 
 
 def _in_loop(handler: AsyncHandler) -> Handler:
-    """A command that runs in a fresh event loop (``server`` starts its own)."""
+    """A command that runs in a fresh event loop.
+
+    ``server`` is the one command without: ``uvicorn.run`` starts its own loop (uvloop
+    when installed) and cannot run inside another.
+    """
 
     def run(args: argparse.Namespace, session: Session) -> int:
         return asyncio.run(handler(args, session))
