@@ -21,7 +21,7 @@ from bisik.client._group_store import GroupStore
 from bisik.client._models import ActionContent, DeviceStamp
 from bisik.client._signals import Signals
 from bisik.client._store import LocalStore, StoredDevice
-from bisik.crypto import IdentityKey
+from bisik.crypto import IdentityKey, OlmMachine
 
 
 def local_store(client: Client) -> LocalStore:
@@ -66,3 +66,25 @@ async def send_olm_control(
     client: Client, group_id: str, targets: list[StoredDevice], kind: Any, **fields: Any
 ) -> list[StoredDevice]:
     return await client._group_sender.send_olm_control(group_id, targets, kind, **fields)
+
+
+def machine(client: Client) -> OlmMachine:
+    """The device's Olm account: to act as a modified client would (generate
+    more one-time keys than the server takes) and to check what it prints."""
+    return client._keys._machine
+
+
+def count_commits(client: Client) -> list[str]:
+    """Every COMMIT of the client's database from now on, as a list that grows:
+    how many commits a send takes shows only in the database."""
+    commits: list[str] = []
+    local_store(client)._conn.set_trace_callback(
+        lambda sql: commits.append(sql) if sql == "COMMIT" else None
+    )
+    return commits
+
+
+def access_token(client: Client) -> str | None:
+    """The access token the transport holds, read without signing in for one
+    (whether a reconnect reused it or signed in again)."""
+    return client.transport._token

@@ -14,6 +14,7 @@ from sqlalchemy import MetaData, select
 
 from bisik.client import Client, MessageReceived, ProfileError, WrongPassword
 from bisik.crypto import KdfParams, KeyFile
+from tests import _internals as internals
 from tests.conftest import PASSWORD, ClientFactory, RunningServer, next_event
 
 CANARIES = [
@@ -90,8 +91,10 @@ async def test_canary_no_plaintext_on_server_or_in_client_files(
 
 async def test_secrets_never_print(make_client: ClientFactory) -> None:
     alice = await make_client("alice")
-    text = repr(alice) + repr(alice._machine) + repr(alice._identity) + repr(alice._store)
-    secret = alice._identity.private_bytes()
+    identity = internals.identity(alice)
+    store, machine = internals.local_store(alice), internals.machine(alice)
+    text = repr(alice) + repr(machine) + repr(identity) + repr(store)
+    secret = identity.private_bytes()
     from bisik.crypto import b64encode
 
     assert b64encode(secret) not in text

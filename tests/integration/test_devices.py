@@ -24,10 +24,11 @@ from bisik.client import (
     RecoveryError,
     VerificationCode,
 )
-from bisik.client import _account as account_module
+from bisik.client import _backup as backup_module
 from bisik.crypto import IdentityKey
 from bisik.server.realtime import namespace as namespace_module
 from bisik.server.stores.schema import devices, rendezvous, users
+from tests import _internals as internals
 from tests.conftest import FAST_KDF, PASSWORD, ClientFactory, RunningServer, next_event
 
 
@@ -195,7 +196,13 @@ async def test_a_message_to_a_device_list_gone_stale_unnoticed_is_encrypted_agai
         second = await bob.send_text("alice", "to the one left")
         await received(alice, a_in, "to the one left")
         assert (await bob.wait_sent(second.id, timeout=10)).state in ("sent", "delivered")
-        assert not bob._reencrypted  # settled
+        # Settled: nothing left queued, and bob's list of alice's devices is the
+        # one refetched (what he encrypts to now leaves the revoked phone out).
+        assert await bob.drain_outbox(10)
+        envelopes = await bob.encrypt_for(
+            "afterstale001", {"to": "alice", "body": "x", "sent_at": 1}
+        )
+        assert {e["device_id"] for e in envelopes} == {alice.device_id}
     finally:
         await phone.close()
 
@@ -207,14 +214,14 @@ async def test_a_device_list_forgotten_while_it_was_fetched_is_not_fresh(
     a change the fetch did not see: that fetch does not make the list fresh."""
     await make_client("alice")
     bob = await make_client("bob")
-    directory = bob._devices
+    directory = internals.devices(bob)
     fetch = asyncio.create_task(directory.recipient_devices("alice", refresh=True))
     await asyncio.sleep(0)  # the request is on its way
     directory.forget("alice")
     assert [d.username for d in await fetch] == ["alice"]
-    assert not directory._fresh("alice", time.monotonic())
+    assert "alice" not in directory.fresh_devices(["alice"])
     await directory.recipient_devices("alice", refresh=True)  # nothing forgotten meanwhile
-    assert directory._fresh("alice", time.monotonic())
+    assert "alice" in directory.fresh_devices(["alice"])
 
 
 async def test_a_device_revoked_by_another_server_process_is_refused_at_its_next_event(
@@ -313,6 +320,7 @@ async def test_a_large_backup_is_uploaded_again_less_often(
     make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     alice = await make_client("alice")
+    backup = internals.backup(alice)
     uploads: list[int] = []
     request = alice.transport.request
 
@@ -323,19 +331,27 @@ async def test_a_large_backup_is_uploaded_again_less_often(
 
     monkeypatch.setattr(alice.transport, "request", counted)
     # At 4 bytes/s of average upload, even this small backup waits more than a minute.
-    monkeypatch.setattr(account_module, "BACKUP_BYTES_PER_S", 4)
+    monkeypatch.setattr(backup_module, "BACKUP_BYTES_PER_S", 4)
+    passed = 0.0  # seconds moved forward by hand, as the backup sees time
+
+    class Time:
+        @staticmethod
+        def monotonic() -> float:
+            return time.monotonic() + passed
+
+    monkeypatch.setattr(backup_module, "time", Time)
     assert await alice.backup_now()
     wait_s = uploads[0] / 4
-    assert wait_s > account_module.BACKUP_INTERVAL_S + 10
+    assert wait_s > backup_module.BACKUP_INTERVAL_S + 10
 
-    alice._backup_dirty = True  # as a new message would
-    alice._backup_at -= account_module.BACKUP_INTERVAL_S + 1  # as if a minute had passed
-    await alice._maybe_backup()
+    backup.changed()  # as a new message would
+    passed += backup_module.BACKUP_INTERVAL_S + 1  # as if a minute had passed
+    await backup.maybe_upload()
     assert len(uploads) == 1  # a small backup would have gone now
-    alice._backup_at -= wait_s - account_module.BACKUP_INTERVAL_S
-    await alice._maybe_backup()
-    assert len(uploads) == 2 and not alice._backup_dirty
-    await alice._maybe_backup()  # nothing new: nothing sent
+    passed += wait_s - backup_module.BACKUP_INTERVAL_S
+    await backup.maybe_upload()
+    assert len(uploads) == 2 and not backup.dirty
+    await backup.maybe_upload()  # nothing new: nothing sent
     assert len(uploads) == 2
 
 
@@ -400,9 +416,10 @@ async def test_safety_numbers_and_verified_identity_change_is_a_hard_stop(
         await conn.execute(
             update(users).where(users.c.username == "bob").values(identity_key=evil.public_key)
         )
-    alice._devices._fetched.clear()
+    directory = internals.devices(alice)
+    directory.forget("bob")  # as a devices_changed would
     with pytest.raises(IdentityKeyChanged):
-        await alice._devices.recipient_devices("bob", refresh=True)
+        await directory.recipient_devices("bob", refresh=True)
     with pytest.raises(IdentityKeyChanged):
         await alice.send_text("bob", "blocked")
     with pytest.raises(ClientError, match="was verified"):
@@ -455,7 +472,7 @@ async def test_a_device_joins_only_with_a_grant_or_the_recovery_key(
     from bisik.client._setup import new_device
 
     alice = await make_client("alice")
-    identity = alice._identity
+    identity = internals.identity(alice)
     async with new_device(tmp_path / "rogue", PASSWORD, FAST_KDF) as rogue:
         for extra in (
             {},

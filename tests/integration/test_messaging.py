@@ -17,9 +17,10 @@ from bisik.client import (
     MessageSent,
     ProtocolError,
 )
-from bisik.client import _client as client_module
+from bisik.client import _inbox as inbox_module
 from bisik.server import free_port
 from bisik.server.stores.schema import devices, envelopes
+from tests import _internals as internals
 from tests.conftest import PASSWORD, ClientFactory, RunningServer, next_event
 
 
@@ -47,15 +48,6 @@ def hold_sends(client: Client, monkeypatch: pytest.MonkeyPatch) -> tuple[asyncio
     return release, held
 
 
-def count_commits(client: Client) -> list[str]:
-    """Every COMMIT of the client's database from now on, as a list that grows."""
-    commits: list[str] = []
-    client._store._conn.set_trace_callback(
-        lambda sql: commits.append(sql) if sql == "COMMIT" else None
-    )
-    return commits
-
-
 async def test_a_message_next_in_line_is_encrypted_in_the_commit_that_stores_it(
     make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -66,18 +58,18 @@ async def test_a_message_next_in_line_is_encrypted_in_the_commit_that_stores_it(
     await received_bodies(b_in, 1)
     assert await alice.drain_outbox(10)  # bob's delivered receipt settled too
 
-    commits = count_commits(alice)
+    commits = internals.count_commits(alice)
     release, held = hold_sends(alice, monkeypatch)
     first = await alice.send_text("bob", "next in line")
     # Stored and encrypted in one commit, before send_text returned.
     assert len(commits) == 1
-    [item] = alice._store.outbox()
+    [item] = internals.local_store(alice).outbox()
     assert item.message_id == first.id and item.envelopes
     assert {e["username"] for e in item.envelopes} == {"bob"}
     await asyncio.wait_for(held.wait(), 10)
     # A message typed while one waits for the server is encrypted in its turn.
     second = await alice.send_text("bob", "behind it")
-    assert [i.envelopes is None for i in alice._store.outbox()] == [False, True]
+    assert [i.envelopes is None for i in internals.local_store(alice).outbox()] == [False, True]
     release.set()
     assert await received_bodies(b_in, 2) == ["next in line", "behind it"]
     for message in (first, second):
@@ -85,9 +77,9 @@ async def test_a_message_next_in_line_is_encrypted_in_the_commit_that_stores_it(
 
     # A device list that needs fetching again: never from inside send_text.
     assert await alice.drain_outbox(10)
-    alice._devices.forget("bob")
+    internals.devices(alice).forget("bob")
     await alice.send_text("bob", "after a refresh")
-    assert [i.envelopes for i in alice._store.outbox()] == [None]
+    assert [i.envelopes for i in internals.local_store(alice).outbox()] == [None]
     assert await received_bodies(b_in, 1) == ["after a refresh"]
 
 
@@ -144,18 +136,23 @@ async def test_a_push_opened_while_a_send_waits_does_not_overtake_a_queued_resyn
     """The server lost a push and asked for a resync; a later push that arrives
     while a send waits for its answer is opened after the resync, in order."""
     armed, lost = asyncio.Event(), []
-    on_envelope = client_module.Client._on_envelope
-
-    async def losing(self: Client, data: Any) -> None:
-        if armed.is_set() and self.username == "bob" and not lost:
-            lost.append(data)  # as if the server's fan-out dropped it
-            return
-        await on_envelope(self, data)
-
-    # Before bob exists: the socket's handler is bound when the client is made.
-    monkeypatch.setattr(client_module.Client, "_on_envelope", losing)
     alice = await make_client("alice")
     bob = await make_client("bob")
+    # bob's socket handler for a pushed envelope, as the client registered it.
+    on_envelope = bob.transport.sio.handlers["/"]["envelope"]
+
+    async def losing(data: Any) -> None:
+        if armed.is_set() and not lost:
+            lost.append(data)  # as if the server's fan-out dropped it
+            return
+        await on_envelope(data)
+
+    async def losing_some(data: Any) -> None:  # several in one push, in order
+        for envelope in data["envelopes"]:
+            await losing(envelope)
+
+    bob.transport.on("envelope", losing)
+    bob.transport.on("envelopes", losing_some)
     b_in = bob.subscribe()
     await bob.send_text("alice", "warm-up")  # sessions and device lists in place
     await asyncio.sleep(0.5)  # alice's delivered receipt reaches bob
@@ -235,7 +232,7 @@ async def test_pushed_messages_are_acked_once_per_burst(
 ) -> None:
     """Messages pushed one by one within ACK_DELAY_S are acked with one ack,
     which the server gets while bob stays connected."""
-    monkeypatch.setattr(client_module, "ACK_DELAY_S", 3.0)
+    monkeypatch.setattr(inbox_module, "ACK_DELAY_S", 3.0)
     alice = await make_client("alice")
     bob = await make_client("bob")
     acks: list[list[int]] = []
@@ -555,8 +552,8 @@ async def test_fallback_key_when_one_time_keys_run_out_then_replaced(
 
 async def test_a_device_cannot_pile_up_one_time_keys(make_client: ClientFactory) -> None:
     alice = await make_client("alice")
-    with alice._store.transaction():
-        keys = alice._machine.generate_one_time_keys(160)
+    with internals.local_store(alice).transaction():
+        keys = internals.machine(alice).generate_one_time_keys(160)
     with pytest.raises(ProtocolError) as err:
         await alice.transport.call("keys_upload", {"one_time_keys": keys})
     assert err.value.code == "too_many_keys"

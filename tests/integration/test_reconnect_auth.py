@@ -17,6 +17,7 @@ from sqlalchemy import func, select, update
 
 from bisik.client import Client, MessageReceived
 from bisik.server.stores.schema import access_tokens
+from tests import _internals as internals
 from tests.conftest import ClientFactory, RunningServer, next_event
 from tests.integration.test_bad_input import refusal_code, refused
 from tests.integration.test_devices import link
@@ -48,7 +49,7 @@ async def restart(server: RunningServer, *clients: Client) -> None:
 
 
 def held_token(client: Client) -> str:
-    token = client.transport._token
+    token = internals.access_token(client)
     assert token is not None
     return token
 
