@@ -34,6 +34,7 @@ PASSWORD = "correct horse battery staple"
 
 RunningServer = EmbeddedServer
 
+
 async def _postgres_database() -> tuple[str, Callable[[], Awaitable[None]]]:
     import asyncpg
 
