@@ -31,6 +31,7 @@ lint: install
 	$(BIN)/ruff check src tests bench fuzz
 	$(BIN)/ruff format --check src tests bench fuzz
 	$(BIN)/mypy src
+	$(BIN)/lint-imports
 
 test: lint
 	$(BIN)/pytest
