@@ -1,7 +1,10 @@
 """The client's one clock: milliseconds since the epoch.
 
-Every service takes it in its constructor, so a test can move time by hand
-(``ManualClock``) instead of patching a module's ``time``.
+Every service that dates something (messages, timers, receipts, expiry, device
+lists) takes it in its constructor, so a test can move time by hand
+(``ManualClock``) instead of patching a module's ``time``. Throttles and
+intervals that only measure elapsed time (backup pacing, typing, key requests)
+use ``time.monotonic``, which a wall-clock change must not move.
 """
 
 from __future__ import annotations
