@@ -297,7 +297,7 @@ def _insert_envelopes(conn: Connection, rows: list[dict[str, object]]) -> list[i
     """Insert envelope rows; their ids, in order."""
     if conn.dialect.name != "sqlite":
         return [int(i) for i in conn.execute(_INSERT_ENVELOPES, rows).scalars()]
-    # SQLAlchemy's insert-many with RETURNING costs ~3x the insert itself (see
+    # SQLAlchemy's insert-many with RETURNING costs several times the insert itself (see
     # docs/benchmarks.md). SQLite has one writer at a time and AUTOINCREMENT gives
     # each row one above the largest id ever given (sqlite_sequence): the rows of
     # one executemany have consecutive ids, the last one last_insert_rowid().
