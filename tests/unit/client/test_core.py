@@ -18,17 +18,25 @@ from bisik.client import (
     DecryptionFailed,
     ManualClock,
     MessageChanged,
+    MessagesExpired,
     ReceiptUpdated,
     StoreMisuse,
 )
 from bisik.client._core import Encryptor, Inbound, Opener, parse_envelope
 from bisik.client._group_receive import GroupReceiver
-from bisik.client._group_store import GroupStore
-from bisik.client._models import DeviceStamp, Event, Message, new_message_id
+from bisik.client._group_store import GroupStore, Member
+from bisik.client._models import (
+    DeviceStamp,
+    Event,
+    GroupPlaintext,
+    Message,
+    RoomKeyContent,
+    new_message_id,
+)
 from bisik.client._signals import Signals
 from bisik.client._store import LocalStore, StoredDevice
 from bisik.client._timeline import Timeline
-from bisik.crypto import OlmMachine
+from bisik.crypto import MegolmOutbound, OlmMachine
 
 
 @dataclass
@@ -42,6 +50,7 @@ class Device:
     timeline: Timeline
     opener: Opener
     encryptor: Encryptor
+    groups: GroupStore | None = None
     emitted: list[Event] = field(default_factory=list)
     next_id: int = 1
 
@@ -92,10 +101,12 @@ def make_device(tmp: Path, username: str, clock: ManualClock) -> Device:
         store.set_meta("username", username)
     me = DeviceStamp(username=username, device_id=device_id, ed25519=machine.ed25519)
     timeline = Timeline(store, me, clock, tmp)
-    receiver = GroupReceiver(store, GroupStore(store), timeline, me, key, clock)
+    groups = GroupStore(store)
+    receiver = GroupReceiver(store, groups, timeline, me, key, clock)
     device = Device(
         username, device_id, store, machine, timeline, None, Encryptor(store, machine, me)
     )  # type: ignore[arg-type]
+    device.groups = groups
     signals = Signals(store, username, device.emitted.append, clock)
     device.opener = Opener(store, machine, me, timeline, receiver, signals, clock)
     return device
@@ -232,3 +243,53 @@ async def test_a_transaction_that_awaits_is_caught_when_another_task_writes(
     await asyncio.gather(awaits_inside(), writes_meanwhile())
     assert store.get_meta("a") == "1" and store.get_meta("b") is None
     store.close()
+
+
+def test_a_group_message_opens_with_its_shared_key_once(
+    pair: tuple[Device, Device, ManualClock],
+) -> None:
+    alice, bob, clock = pair
+    assert bob.groups is not None
+    with bob.store.transaction():
+        members = [Member("alice", "admin", clock()), Member("bob", "member", clock())]
+        bob.groups.save_membership("G1", 1, members, True, clock())
+    session = MegolmOutbound.create()
+    shared = RoomKeyContent(
+        group_id="G1", session_id=session.session_id, key=session.session_key(),
+        owner=DeviceStamp(username="alice", device_id="ALICEDEV", ed25519=alice.machine.ed25519),
+    )  # fmt: skip
+    room_key = {"type": "room_key", "id": new_message_id(), "sent_at": clock()}
+    assert bob.open(alice, alice.envelopes_for(bob, **room_key, room_key=shared)) == ["control"]
+
+    content = GroupPlaintext(
+        type="text", id=new_message_id(), group_id="G1", sent_at=clock(), body="hi all",
+        sender=DeviceStamp(username="alice", device_id="ALICEDEV", ed25519=alice.machine.ed25519),
+    )  # fmt: skip
+    body = session.encrypt(content.model_dump_json().encode())
+    env = {"id": 50, "sender": "alice", "sender_device": "ALICEDEV", "type": 0, "body": body}
+    megolm = {**env, "kind": "megolm", "group_id": "G1"}
+    assert bob.open(alice, [megolm]) == ["received"]
+    assert [m.body for m in bob.timeline.history("#G1", 10, None)] == ["hi all"]
+    # The same ciphertext again under a new envelope id: a replay, refused.
+    assert bob.open(alice, [{**megolm, "id": 51}]) == ["rejected"]
+    # Moved to another group by the server: refused too (its session is G1's).
+    with bob.store.transaction():
+        bob.groups.save_membership("G2", 1, members, True, clock())
+    again = session.encrypt(content.model_dump_json().encode())
+    assert bob.open(alice, [{**megolm, "id": 52, "group_id": "G2", "body": again}]) == ["rejected"]
+
+
+def test_a_disappearing_message_goes_when_its_time_comes(
+    pair: tuple[Device, Device, ManualClock],
+) -> None:
+    alice, bob, clock = pair
+    gone = text(clock, "soon gone", expires_in=30_000)
+    bob.open(alice, alice.envelopes_for(bob, **gone))
+    assert bob.timeline.expire_now() == []  # unread: its timer has not started
+    with bob.store.transaction():
+        bob.timeline.rows.mark_read("@alice", [gone["id"]], clock())
+    clock.advance(29)
+    assert bob.timeline.expire_now() == []
+    clock.advance(2)
+    assert bob.timeline.expire_now() == [MessagesExpired("@alice", [gone["id"]])]
+    assert bob.timeline.history("@alice", 10, None) == []
