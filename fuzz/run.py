@@ -21,7 +21,11 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SUITES = ["tests/integration/test_fuzz.py", "tests/integration/test_openapi.py"]
+SUITES = [
+    "tests/integration/test_fuzz.py",
+    "tests/integration/test_openapi.py",
+    "tests/integration/test_receive_fuzz.py",
+]
 
 
 def main() -> int:

@@ -21,6 +21,7 @@ from bisik.client._group_store import GroupStore
 from bisik.client._models import ActionContent, DeviceStamp
 from bisik.client._signals import Signals
 from bisik.client._store import LocalStore, StoredDevice
+from bisik.client._timeline import Timeline
 from bisik.crypto import IdentityKey, OlmMachine
 
 
@@ -88,3 +89,9 @@ def access_token(client: Client) -> str | None:
     """The access token the transport holds, read without signing in for one
     (whether a reconnect reused it or signed in again)."""
     return client.transport._token
+
+
+def timeline(client: Client) -> Timeline:
+    """The device's timeline: to make storing one message fail as a bug would,
+    and check that the pipeline goes on."""
+    return client._timeline

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -32,8 +32,8 @@ class AttachmentInfo(BaseModel):
     height: int | None = Field(default=None, ge=1, le=1_000_000)
     blurhash: str | None = Field(default=None, max_length=128)
     thumbnail: str | None = Field(default=None, max_length=48 * 1024)
-    duration_ms: int | None = Field(default=None, ge=0)
-    waveform: list[int] | None = Field(default=None, max_length=256)
+    duration_ms: int | None = Field(default=None, ge=0, le=2**31)
+    waveform: list[Annotated[int, Field(ge=0, le=255)]] | None = Field(default=None, max_length=256)
 
     def __repr__(self) -> str:
         return f"AttachmentInfo({self.kind}, {self.mime}, {self.size} bytes)"

@@ -27,9 +27,10 @@ from bisik.client._models import (
     Message,
     Plaintext,
     direct_conversation,
+    in_time_window,
 )
 from bisik.client._signals import Signals
-from bisik.client._store import LocalStore, StoredDevice
+from bisik.client._store import NOT_CONTENT_ERRORS, LocalStore, StoredDevice
 from bisik.client._timeline import Timeline
 from bisik.crypto import CryptoError, OlmDecryptError, OlmMachine
 
@@ -124,7 +125,46 @@ class Opener:
     def open_run(self, run: list[Inbound], seen: set[str]) -> list[Opened]:
         """Open envelopes in one transaction; stops before a group message that
         needs the network (fewer results than items). ``seen``: envelope keys
-        opened earlier in the same batch (a page can hold one twice)."""
+        opened earlier in the same batch (a page can hold one twice).
+
+        If storing any of them fails (a bug, or content no check foresaw), the
+        run is opened again one envelope at a time, and the one that fails is
+        refused alone: nothing a peer sends stops the pipeline. Only a database
+        that cannot work right now (``TRANSIENT_ERRORS``) stops it: the
+        envelopes stay on the server and come again.
+        """
+        before = set(seen)
+        try:
+            return self._open_together(run, seen)
+        except NOT_CONTENT_ERRORS:
+            raise
+        except Exception:
+            log.exception("a run of %d envelopes failed to open; one at a time", len(run))
+        seen.clear()
+        seen.update(before)
+        opened: list[Opened] = []
+        for item in run:
+            try:
+                one = self._open_together([item], seen)
+            except NOT_CONTENT_ERRORS:
+                raise
+            except Exception as exc:
+                seen.add(item.parsed.key)
+                opened.append(self.refuse(item.parsed, exc))
+                continue
+            if not one:
+                break  # a group message that needs the network
+            opened += one
+        return opened
+
+    def refuse(self, parsed: Parsed, exc: Exception) -> Opened:
+        """An envelope whose content could not be stored: recorded and skipped."""
+        if parsed.ephemeral:
+            return Opened("control")
+        reason = f"the message could not be shown ({type(exc).__name__})"
+        return Opened("rejected", failed=self.reject(parsed, reason))
+
+    def _open_together(self, run: list[Inbound], seen: set[str]) -> list[Opened]:
         opened: list[Opened] = []
         try:
             with self._db.transaction(), self._machine.saving_once():
@@ -254,6 +294,8 @@ class Opener:
             or content.recipient.ed25519 != self._me.ed25519
         ):
             raise InvalidContent("content was encrypted for another device")
+        if not in_time_window(content.sent_at, self._clock()):
+            raise InvalidContent("the message's time is impossible (a clock far off, or forged)")
         return content
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from bisik.client._clock import Clock
 from bisik.client._devices import DeviceDirectory
+from bisik.client._errors import NotConnected
 from bisik.client._events import EventBus
 from bisik.client._group_receive import GroupReceiver, GroupRejected, check_session
 from bisik.client._group_send import GroupSender
@@ -26,11 +27,14 @@ from bisik.client._models import (
     RoomKeyContent,
     group_conversation,
 )
-from bisik.client._store import LocalStore, StoredDevice
+from bisik.client._store import NOT_CONTENT_ERRORS, LocalStore, StoredDevice
 from bisik.client._transport import Transport
 from bisik.client._worker import Step, Worker
 from bisik.crypto import MegolmInbound
 from bisik.proto import ProtocolError
+
+# Raised through: not about one message (see ``Opener.open_run``).
+_NOT_CONTENT: tuple[type[Exception], ...] = (*NOT_CONTENT_ERRORS, NotConnected, ProtocolError)
 
 log = logging.getLogger("bisik.client.groups")
 
@@ -111,7 +115,9 @@ class GroupKeys:
                 continue
             try:
                 await self._open_message(item, inbound, device)
-            except GroupRejected as exc:
+            except _NOT_CONTENT:
+                raise
+            except Exception as exc:  # GroupRejected, or content no check foresaw
                 log.warning("dropping a waiting group message: %s", exc)
                 with self._db.transaction():
                     self._groups.remove_waiting(item.envelope_key)

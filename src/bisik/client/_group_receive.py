@@ -25,6 +25,7 @@ from bisik.client._models import (
     MessageReceived,
     Plaintext,
     group_conversation,
+    in_time_window,
 )
 from bisik.client._store import LocalStore, StoredDevice
 from bisik.client._timeline import Timeline
@@ -115,6 +116,8 @@ class GroupReceiver:
             inbound.owner_ed25519,
         ) or content.group_id != item.group_id:
             raise GroupRejected("the content names another sender or group than its session")
+        if not in_time_window(content.sent_at, self._clock()):
+            raise GroupRejected("the message's time is impossible (a clock far off, or forged)")
         conversation = group_conversation(item.group_id)
         now = self._clock()
         events: list[Event] = []

@@ -35,10 +35,13 @@ from bisik.client._models import (
 )
 from bisik.client._outbox import Outbox
 from bisik.client._signals import Signals
-from bisik.client._store import LocalStore
+from bisik.client._store import NOT_CONTENT_ERRORS, LocalStore
 from bisik.client._transport import Transport
 from bisik.client._worker import Step, Worker
 from bisik.proto import ProtocolError
+
+# Raised through: not about one message (see ``Opener.open_run``).
+_NOT_CONTENT: tuple[type[Exception], ...] = (*NOT_CONTENT_ERRORS, NotConnected, ProtocolError)
 
 log = logging.getLogger("bisik.client")
 
@@ -303,6 +306,15 @@ class Inbox:
         except GroupRejected as exc:
             self._events.emit(self._opener.reject(parsed, str(exc)))
             return "rejected"
+        except _NOT_CONTENT:
+            raise
+        except Exception as exc:
+            # Content no check foresaw: refused alone (see ``Opener.open_run``).
+            log.exception("a group message failed to open")
+            refused = self._opener.refuse(parsed, exc)
+            if refused.failed is not None:
+                self._events.emit(refused.failed)
+            return refused.outcome
 
     async def _after_opened(self, run: list[Inbound], opened: list[Opened]) -> None:
         """Tell the app what a committed run did, and act on it."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -274,11 +274,28 @@ Event = (
 )
 
 
+# Bounds of a time inside decrypted content (ms since the epoch): beyond them a
+# message is refused, so no timestamp a peer chose can overflow the database or
+# a date conversion. Relative to the receiver's clock: what a sender's clock
+# may be ahead, and how old a message that waited on a server may be.
+MAX_TIME_MS = 2**53
+MAX_AHEAD_MS = 2 * 24 * 3600 * 1000
+MAX_AGE_MS = 2 * 366 * 24 * 3600 * 1000
+
+Timestamp = Annotated[int, Field(ge=0, le=MAX_TIME_MS)]
+ShortText = Annotated[str, Field(max_length=64)]
+
+
+def in_time_window(sent_at: int, now: int) -> bool:
+    """Whether a peer's ``sent_at`` is plausible here (see ``MAX_AHEAD_MS``)."""
+    return now - MAX_AGE_MS <= sent_at <= now + MAX_AHEAD_MS
+
+
 class DeviceStamp(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    username: str
-    device_id: str
-    ed25519: str
+    username: str = Field(max_length=64)
+    device_id: str = Field(max_length=64)
+    ed25519: str = Field(max_length=64)
 
 
 class ReceiptContent(BaseModel):
@@ -286,8 +303,8 @@ class ReceiptContent(BaseModel):
 
     model_config = ConfigDict(extra="ignore", strict=True)
     kind: Literal["delivered", "read"]
-    ids: list[str] = Field(min_length=1, max_length=500)
-    conversation: str
+    ids: list[ShortText] = Field(min_length=1, max_length=500)
+    conversation: str = Field(max_length=80)
 
 
 class GroupMeta(BaseModel):
@@ -351,7 +368,7 @@ class GroupPlaintext(BaseModel):
     id: str = Field(min_length=8, max_length=64)
     sender: DeviceStamp
     group_id: str = Field(max_length=64)
-    sent_at: int
+    sent_at: Timestamp
     body: str = Field(default="", max_length=64 * 1024)
     meta: GroupMeta | None = None
     attachment: AttachmentInfo | None = None
@@ -376,8 +393,8 @@ class Plaintext(BaseModel):
     id: str = Field(min_length=8, max_length=64)
     sender: DeviceStamp
     recipient: DeviceStamp
-    to: str
-    sent_at: int
+    to: str = Field(max_length=64)
+    sent_at: Timestamp
     body: str = Field(default="", max_length=64 * 1024)
     receipt: ReceiptContent | None = None
     typing: bool | None = None

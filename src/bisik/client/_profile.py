@@ -95,26 +95,38 @@ def unlock(home: Path, password: str) -> OpenProfile:
         raise ProfileError(
             f"no profile in {home}; create one with `bisik account create`"
         ) from None
-    try:
-        keyfile = KeyFile.from_json(text)
-    except KeyFileError as exc:
-        raise ProfileError(str(exc)) from None
+    keyfile = _read_keyfile(home, text)
     lock = _lock(home)
     try:
         master = keyfile.unlock(password)
-    except BaseException:
+    except BaseException as exc:
         fcntl.flock(lock, fcntl.LOCK_UN)
         lock.close()
+        if isinstance(exc, KeyFileError):
+            raise ProfileError(f"{home / KEYFILE}: {exc}") from None
         raise
     return _open(home, master, lock)
+
+
+def _read_keyfile(home: Path, text: str) -> KeyFile:
+    try:
+        return KeyFile.from_json(text)
+    except KeyFileError as exc:
+        # Its KDF parameters out of range, too: Argon2 would refuse them (or
+        # try to allocate terabytes) with an error that names no file.
+        raise ProfileError(f"{home / KEYFILE}: {exc}") from None
 
 
 def change_password(home: Path, old: str, new: str) -> None:
     """Re-wrap the master key under ``new``; the database is not touched."""
     if not new:
         raise ProfileError("the password must not be empty")
-    keyfile = KeyFile.from_json((home / KEYFILE).read_text())
-    _write_private(home / KEYFILE, keyfile.rewrap(old, new).to_json())
+    keyfile = _read_keyfile(home, (home / KEYFILE).read_text())
+    try:
+        rewrapped = keyfile.rewrap(old, new)
+    except KeyFileError as exc:
+        raise ProfileError(f"{home / KEYFILE}: {exc}") from None
+    _write_private(home / KEYFILE, rewrapped.to_json())
 
 
 def destroy(home: Path) -> None:

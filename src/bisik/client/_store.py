@@ -155,6 +155,13 @@ def key_lists(keys: list[_K]) -> Iterator[list[_K]]:
         yield chunk + [chunk[-1]] * (size - len(chunk))
 
 
+# What the database raises when it cannot work right now (disk full, I/O error,
+# locked): an envelope that meets one stays on the server and comes again.
+# Anything else storing a message raises is about that message.
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (sqlcipher3.OperationalError,)
+# What is never blamed on a message's content: the database, and our own bugs.
+NOT_CONTENT_ERRORS: tuple[type[Exception], ...] = (*TRANSIENT_ERRORS, StoreMisuse)
+
 # Statements that write (``execute`` checks they run inside a transaction).
 _WRITES = frozenset({"INSERT", "UPDATE", "DELETE", "REPLAC", "ALTER "})
 
