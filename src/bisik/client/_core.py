@@ -28,6 +28,7 @@ from bisik.client._models import (
     Plaintext,
     direct_conversation,
     in_time_window,
+    padded,
 )
 from bisik.client._signals import Signals
 from bisik.client._store import NOT_CONTENT_ERRORS, LocalStore, StoredDevice
@@ -370,9 +371,7 @@ class Encryptor:
                     to=device.username if to is None else to,
                     **content,
                 )
-                msg_type, body = self._machine.encrypt(
-                    device.curve25519, plaintext.model_dump_json().encode()
-                )
+                msg_type, body = self._machine.encrypt(device.curve25519, padded(plaintext))
                 envelopes.append(
                     {
                         "username": device.username,

@@ -23,6 +23,7 @@ from bisik.client._models import (
     GroupPlaintext,
     RoomKeyContent,
     new_message_id,
+    padded,
 )
 from bisik.client._store import LocalStore, StoredDevice
 from bisik.client._transport import Transport
@@ -171,7 +172,7 @@ class GroupSender:
         )
         with self._db.transaction():
             index = session.message_index
-            body = session.encrypt(content.model_dump_json().encode())
+            body = session.encrypt(padded(content))
             self._groups.save_outbound(
                 group_id,
                 Outbound(

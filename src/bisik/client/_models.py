@@ -291,6 +291,25 @@ def in_time_window(sent_at: int, now: int) -> bool:
     return now - MAX_AGE_MS <= sent_at <= now + MAX_AHEAD_MS
 
 
+# Plaintexts are padded to these sizes before encryption, so a ciphertext's
+# length tells little about the message's: powers of two up to 1 KiB, then
+# whole KiB. JSON ignores trailing whitespace, so padding is spaces and every
+# receiver, old or new, reads it unchanged.
+PAD_SMALLEST = 256
+PAD_STEP = 1024
+
+
+def padded(content: BaseModel) -> bytes:
+    """``content`` as JSON, padded with spaces to its size bucket."""
+    data = content.model_dump_json().encode()
+    size = PAD_SMALLEST
+    while size < len(data) and size < PAD_STEP:
+        size *= 2
+    if len(data) > size:
+        size = -(-len(data) // PAD_STEP) * PAD_STEP
+    return data + b" " * (size - len(data))
+
+
 class DeviceStamp(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     username: str = Field(max_length=64)

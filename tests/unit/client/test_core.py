@@ -293,3 +293,21 @@ def test_a_disappearing_message_goes_when_its_time_comes(
     clock.advance(2)
     assert bob.timeline.expire_now() == [MessagesExpired("@alice", [gone["id"]])]
     assert bob.timeline.history("@alice", 10, None) == []
+
+
+def test_ciphertext_sizes_show_only_a_size_bucket(
+    pair: tuple[Device, Device, ManualClock],
+) -> None:
+    alice, bob, clock = pair
+
+    def size(body: str) -> int:
+        [env] = alice.envelopes_for(bob, **text(clock, body))
+        return len(env["body"])
+
+    assert size("k") == size("ok, see you at ten")  # 1 and 18 characters
+    assert size("a" * 150) == size("a" * 200)
+    assert size("a" * 1200) == size("a" * 1500)
+    assert len({size("a" * n) for n in range(0, 3000, 50)}) <= 6
+    # And padding changes nothing for the receiver.
+    assert bob.open(alice, alice.envelopes_for(bob, **text(clock, "padded"))) == ["received"]
+    assert bob.timeline.history("@alice", 10, None)[-1].body == "padded"
