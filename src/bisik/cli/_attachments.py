@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from bisik.cli._output import clean
 from bisik.cli._session import Session
 from bisik.client import AttachmentError, Client
 
@@ -47,6 +48,6 @@ async def download(args: argparse.Namespace, session: Session) -> int:
             path = await client.download_attachment(args.message_id, args.out, progress=progress)
         session.out.emit(
             {"event": "downloaded", "id": args.message_id, "path": str(path), **info.public_json()},
-            f"saved {info.name} ({info.size:,} bytes) to {path}",
+            f"saved {clean(info.name)} ({info.size:,} bytes) to {clean(str(path))}",
         )
     return 0

@@ -9,7 +9,7 @@ import sys
 
 import segno
 
-from bisik.cli._output import Output, local_time
+from bisik.cli._output import Output, clean, local_time
 from bisik.cli._session import Session, read_password
 from bisik.client import Client, ClientError, VerificationCode
 
@@ -137,7 +137,7 @@ async def _devices(client: Client, args: argparse.Namespace, out: Output) -> int
                 "last_seen_at": device.last_seen_at,
                 "current": device.current,
             },
-            f"{device.device_id}  {device.name}{mark}\n"
+            f"{clean(device.device_id)}  {clean(device.name)}{mark}\n"
             f"    added {_when(device.created_at)}, last seen {_when(device.last_seen_at)}",
         )
     return 0

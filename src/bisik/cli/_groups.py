@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from bisik.cli._output import Output
+from bisik.cli._output import Output, clean
 from bisik.cli._session import Session
 from bisik.client import Client, LocalGroup
 
@@ -26,11 +26,12 @@ def _json(group: LocalGroup) -> dict[str, Any]:
 
 def _show(out: Output, group: LocalGroup, event: str) -> None:
     members = ", ".join(
-        m.username + (" (admin)" if m.role == "admin" else "") for m in group.members
+        clean(m.username) + (" (admin)" if m.role == "admin" else "") for m in group.members
     )
+    name = clean(group.name) or "(unnamed)"
     out.emit(
         {"event": event, **_json(group)},
-        f"#{group.name or '(unnamed)'} [{group.group_id}]: {members or 'no members'}",
+        f"#{name} [{clean(group.group_id)}]: {members or 'no members'}",
     )
 
 
@@ -72,7 +73,7 @@ async def _run(client: Client, args: argparse.Namespace, session: Session) -> in
         await client.leave_group(args.group)
         out.emit(
             {"event": "group_left", "group_id": group.group_id},
-            f"left #{group.name or group.group_id}",
+            f"left #{clean(group.name or group.group_id)}",
         )
         return 0
     # Renames and the name for new members go out as group messages now.

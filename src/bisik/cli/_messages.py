@@ -6,6 +6,7 @@ import argparse
 import asyncio
 
 from bisik.cli._attachments import send_file
+from bisik.cli._output import clean
 from bisik.cli._session import Session
 from bisik.client import ClientError, MessageReceived
 
@@ -71,7 +72,8 @@ async def conversations(args: argparse.Namespace, session: Session) -> int:
     async with session.open() as client:
         for conversation, last in client.conversations():
             session.out.emit(
-                {"conversation": conversation, "last": last}, f"{conversation}: {last}"
+                {"conversation": conversation, "last": last},
+                f"{clean(conversation)}: {clean(last)}",
             )
     return 0
 

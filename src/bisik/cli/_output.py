@@ -1,9 +1,16 @@
-"""How commands print: human lines or JSON objects, messages, events, progress bars."""
+"""How commands print: human lines or JSON objects, messages, events, progress bars.
+
+Every field that comes from a peer or the server (bodies, names, usernames, ids,
+reactions, error texts) is passed through ``clean`` before it is shown, and
+``Output`` cleans each line it prints once more: a terminal is never handed a
+control character or bidi override that someone else chose.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,6 +30,48 @@ from bisik.client import (
     describe_timer,
 )
 
+# What a terminal may act on rather than show: C0 controls (ESC starts CSI/OSC
+# sequences, CR rewinds the line, BEL, BS...), DEL, C1 controls (U+009B is a
+# one-character CSI), the Unicode line and paragraph separators, and the bidi
+# marks, embeddings, overrides and isolates that reorder the text after them
+# ("Trojan Source", CVE-2021-42574).
+_UNSAFE = re.compile(
+    r"[\x00-\x1f\x7f-\x9f"  # C0, DEL, C1
+    r"\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"  # bidi marks, overrides, isolates
+    r"\u2028\u2029]"  # line and paragraph separators
+)
+# A message body's own line breaks, shown as indented continuation lines.
+_CONTINUATION = "\n    "
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def clean(text: str, *, multiline: bool = False) -> str:
+    """Text from a peer or the server, safe to print on a terminal.
+
+    Every control character and bidi override is shown as a visible escape
+    (``\\x1b``, ``\\u202e``), so a line can be neither forged, recoloured,
+    retitled nor reordered.
+
+    Args:
+        multiline: a message body: its newlines (``\\n`` or ``\\r\\n``) start an
+            indented continuation line, so none can pass for a line of its own.
+    """
+    if not multiline:
+        return _UNSAFE.sub(_escaped, text)
+    lines = text.replace("\r\n", "\n").split("\n")
+    return _CONTINUATION.join(_UNSAFE.sub(_escaped, line) for line in lines)
+
+
+def _json_line(obj: dict[str, Any]) -> str:
+    """One JSON object; the exact text, with what JSON leaves raw (DEL, C1, bidi) escaped."""
+    # json.dumps escapes C0 itself; the rest can only occur inside strings,
+    # where a \\uXXXX escape decodes to the same character.
+    return _UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(obj, ensure_ascii=False))
+
 
 def local_time(ms: int) -> str:
     """A timestamp in milliseconds as local ``YYYY-MM-DD HH:MM``."""
@@ -36,21 +85,26 @@ class Output:
         self.as_json = as_json
 
     def emit(self, obj: dict[str, Any], text: str) -> None:
+        """Print ``obj`` (``--json``) or ``text``, whose fields the caller has ``clean``-ed;
+        a control character that slipped through is escaped here all the same."""
         if self.as_json:
-            print(json.dumps(obj, ensure_ascii=False), flush=True)
+            print(_json_line(obj), flush=True)
         else:
-            print(text, flush=True)
+            print("\n".join(clean(line) for line in text.split("\n")), flush=True)
 
     def message(self, message: Message, *, event: str = "message") -> None:
         when = local_time(message.sent_at)
-        peer = message.conversation.removeprefix("@")
-        arrow = f"{message.sender} -> {peer}" if message.direction == "out" else message.sender
-        status = "" if message.state in ("received", "sent") else f" [{message.state}]"
-        body = message.body
+        peer = clean(message.conversation.removeprefix("@"))
+        sender = clean(message.sender)
+        message_id = clean(message.id)
+        arrow = f"{sender} -> {peer}" if message.direction == "out" else sender
+        status = "" if message.state in ("received", "sent") else f" [{clean(message.state)}]"
+        body = clean(message.body, multiline=True)
         if message.attachment is not None:
             a = message.attachment
             dims = f", {a.width}x{a.height}" if a.width and a.height else ""
-            body = f"[{a.kind}: {a.name}, {a.size:,} bytes{dims}; id {message.id}] {body}"
+            about = f"{clean(a.kind)}: {clean(a.name)}, {a.size:,} bytes{dims}; id {message_id}"
+            body = f"[{about}] {body}"
         if message.kind == "timer":
             self.emit({"event": event, **message.to_json()}, f"[{when}] ({body})")
             return
@@ -58,21 +112,22 @@ class Output:
             body = "(message deleted)"
         notes = []
         if message.reply_to:
-            notes.append(f"reply to {message.reply_to}")
+            notes.append(f"reply to {clean(message.reply_to)}")
         if message.edited_at:
             notes.append("edited")
         if message.expires_in:
             notes.append(f"disappears {message.expires_in // 1000}s")
         if message.reactions:
-            notes.append(" ".join(f"{e} {u}" for u, e in message.reactions.items()))
+            notes.append(" ".join(f"{clean(e)} {clean(u)}" for u, e in message.reactions.items()))
         extra = f" ({'; '.join(notes)})" if notes else ""
         self.emit(
             {"event": event, **message.to_json()},
-            f"[{when}] {arrow}: {body}{status}{extra}  [id {message.id}]",
+            f"[{when}] {arrow}: {body}{status}{extra}  [id {message_id}]",
         )
 
     def signal(self, event: object) -> None:
         """Receipts, typing, presence, group and timer changes, as one line (or JSON object)."""
+        user = clean(str(getattr(event, "username", "")))
         if isinstance(event, ReceiptUpdated):
             self.emit(
                 {
@@ -82,26 +137,25 @@ class Output:
                     "device_id": event.device_id,
                     "ids": event.message_ids,
                 },
-                f"({event.username} {'read' if event.kind == 'read' else 'received'} "
+                f"({user} {'read' if event.kind == 'read' else 'received'} "
                 f"{len(event.message_ids)} message(s))",
             )
         elif isinstance(event, TypingChanged):
             self.emit(
                 {"event": "typing", "user": event.username, "typing": event.typing},
-                f"({event.username} is typing...)"
-                if event.typing
-                else f"({event.username} stopped)",
+                f"({user} is typing...)" if event.typing else f"({user} stopped)",
             )
         elif isinstance(event, GroupChanged):
-            who = ", ".join(event.usernames)
+            who = ", ".join(clean(name) for name in event.usernames)
+            actor = clean(event.actor)
             text = {
-                "created": f"{event.actor} created the group with {who}",
-                "added": f"{event.actor} added {who}",
-                "removed": f"{event.actor} removed {who}",
-                "left": f"{event.actor} left",
-                "promoted": f"{event.actor} made {who} admin",
-                "renamed": f"{event.actor} renamed the group to {who}",
-            }.get(event.kind, f"group changed ({event.kind})")
+                "created": f"{actor} created the group with {who}",
+                "added": f"{actor} added {who}",
+                "removed": f"{actor} removed {who}",
+                "left": f"{actor} left",
+                "promoted": f"{actor} made {who} admin",
+                "renamed": f"{actor} renamed the group to {who}",
+            }.get(event.kind, f"group changed ({clean(event.kind)})")
             self.emit(
                 {
                     "event": "group_changed",
@@ -110,7 +164,7 @@ class Output:
                     "actor": event.actor,
                     "users": event.usernames,
                 },
-                f"(#{event.group_id}: {text})",
+                f"(#{clean(event.group_id)}: {text})",
             )
         elif isinstance(event, TimerChanged):
             setting = describe_timer(event.expires_in)
@@ -121,7 +175,7 @@ class Output:
                     "user": event.username,
                     "expires_in": event.expires_in,
                 },
-                f"({event.username} set disappearing messages to {setting})",
+                f"({user} set disappearing messages to {setting})",
             )
         elif isinstance(event, MessagesExpired):
             self.emit(
@@ -136,7 +190,8 @@ class Output:
                     "user": event.sender,
                     "device_id": event.sender_device,
                 },
-                f"({event.sender} sent a message to {event.conversation}; waiting for its key)",
+                f"({clean(event.sender)} sent a message to {clean(event.conversation)}; "
+                "waiting for its key)",
             )
         elif isinstance(event, PresenceChanged):
             state = "online" if event.online else "offline"
@@ -147,13 +202,14 @@ class Output:
                     "online": event.online,
                     "last_seen_at": event.last_seen_at,
                 },
-                f"({event.username} is {state})",
+                f"({user} is {state})",
             )
 
     def error(self, code: str, text: str) -> None:
+        """An error on stderr (and as JSON on stdout); its text may quote the server or a peer."""
         if self.as_json:
-            print(json.dumps({"event": "error", "code": code, "message": text}), flush=True)
-        print(f"error: {text}", file=sys.stderr, flush=True)
+            print(_json_line({"event": "error", "code": code, "message": text}), flush=True)
+        print(f"error: {clean(text)}", file=sys.stderr, flush=True)
 
     @contextmanager
     def progress(self, label: str) -> Iterator[Callable[[int, int], None]]:
@@ -166,7 +222,7 @@ class Output:
             if bar is None:
                 bar = tqdm(
                     total=total,
-                    desc=label,
+                    desc=clean(label),
                     unit="B",
                     unit_scale=True,
                     unit_divisor=1024,
