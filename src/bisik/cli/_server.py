@@ -45,7 +45,7 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
 
 
 async def _mint_invite(config: ServerConfig) -> str:
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     engine = create_engine(config.resolved_database_url)
     try:
         await migrate(engine)

@@ -41,7 +41,7 @@ class OpenProfile:
 
 
 def _lock(home: Path) -> IO[str]:
-    handle = (home / LOCKFILE).open("a")
+    handle = os.fdopen(os.open(home / LOCKFILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "a")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -84,6 +84,10 @@ def create(home: Path, password: str, params: KdfParams | None = None) -> OpenPr
     lock = _lock(home)
     keyfile, master = create_master_key(password, params)
     _write_private(home / KEYFILE, keyfile.to_json())
+    # Private even in a directory that is not (``--home`` an existing one): the
+    # database is encrypted, but its size and times are nobody else's. SQLCipher
+    # starts a new database in the empty file, and gives -wal and -shm its mode.
+    os.close(os.open(home / DATABASE, os.O_WRONLY | os.O_CREAT, 0o600))
     return _open(home, master, lock)
 
 

@@ -11,6 +11,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 
+from argon2.exceptions import HashingError
 from argon2.low_level import Type, hash_secret_raw
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -22,14 +23,36 @@ from bisik.crypto._errors import CryptoError, KeyFileError, WrongPassword
 
 KEYFILE_VERSION = 1
 
+# What a key file may ask of Argon2id. The lower bounds are Argon2's own; the
+# upper ones keep an edited key file from making an unlock take hours or more
+# memory than a machine has (and stay far above any cost worth choosing).
+MAX_TIME_COST = 64
+MAX_MEMORY_COST_KIB = 4 * 1024 * 1024
+MAX_PARALLELISM = 64
+
 
 @dataclass(frozen=True)
 class KdfParams:
-    """Argon2id cost: t=3, m=64 MiB, p=4 by default (about 125 ms on a 2-core box)."""
+    """Argon2id cost: t=3, m=64 MiB, p=4 by default (about 125 ms on a 2-core box).
+
+    Raises:
+        ValueError: a parameter out of range (``time_cost`` 1-64, ``parallelism``
+            1-64, ``memory_cost_kib`` from 8 per lane to 4 GiB).
+    """
 
     time_cost: int = 3
     memory_cost_kib: int = 64 * 1024
     parallelism: int = 4
+
+    def __post_init__(self) -> None:
+        for name, low, high in (
+            ("time_cost", 1, MAX_TIME_COST),
+            ("parallelism", 1, MAX_PARALLELISM),
+            ("memory_cost_kib", 8 * max(1, self.parallelism), MAX_MEMORY_COST_KIB),
+        ):
+            value = getattr(self, name)
+            if type(value) is not int or not low <= value <= high:
+                raise ValueError(f"Argon2id {name} must be {low}-{high}, not {value!r}")
 
 
 class MasterKey:
@@ -57,15 +80,19 @@ class MasterKey:
 
 
 def _kek(password: str, salt: bytes, params: KdfParams) -> bytes:
-    return hash_secret_raw(
-        password.encode(),
-        salt,
-        time_cost=params.time_cost,
-        memory_cost=params.memory_cost_kib,
-        parallelism=params.parallelism,
-        hash_len=32,
-        type=Type.ID,
-    )
+    try:
+        return hash_secret_raw(
+            password.encode(),
+            salt,
+            time_cost=params.time_cost,
+            memory_cost=params.memory_cost_kib,
+            parallelism=params.parallelism,
+            hash_len=32,
+            type=Type.ID,
+        )
+    except HashingError as exc:
+        # In range, and still refused: most likely the memory could not be allocated.
+        raise KeyFileError(f"cannot derive the key with {params}: {exc}") from None
 
 
 @dataclass(frozen=True)

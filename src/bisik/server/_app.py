@@ -26,7 +26,7 @@ log = logging.getLogger("bisik.server")
 
 def create_app(config: ServerConfig) -> Any:
     """Build the ASGI app. Migrations run at startup, before any request is served."""
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     engine = create_engine(config.resolved_database_url)
     notifier = SocketNotifier()
     services = Services.build(config, engine, notifier)

@@ -48,7 +48,8 @@ class BlobBackend(Protocol):
 
 
 class LocalBlobBackend:
-    """Files under ``root/<2 chars>/<blob id>`` (``.part`` while uploading)."""
+    """Files under ``root/<2 chars>/<blob id>`` (``.part`` while uploading), readable
+    by the server's user only (files 0600, directories 0700)."""
 
     def __init__(self, root: Path) -> None:
         self._root = root
@@ -59,8 +60,10 @@ class LocalBlobBackend:
 
     async def start(self, blob_id: str) -> str | None:
         path = self._path(blob_id, False)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch()
+        # ``mkdir(parents=True)`` gives the parents it makes the umask's mode.
+        self._root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path.parent.mkdir(exist_ok=True, mode=0o700)
+        path.touch(mode=0o600)
         return None
 
     async def write_part(

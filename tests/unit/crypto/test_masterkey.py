@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import pytest
 
@@ -50,3 +51,23 @@ def test_reprs_hide_secrets() -> None:
     assert "hidden" in repr(master)
     assert master.derive("database").hex() not in repr(master)
     assert keyfile.wrapped.hex() not in repr(keyfile)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("time_cost", 0),
+        ("time_cost", 65),
+        ("parallelism", 0),
+        ("parallelism", 2**25),
+        ("memory_cost_kib", 7),
+        ("memory_cost_kib", 2**40),
+    ],
+)
+def test_out_of_range_kdf_params_are_a_malformed_keyfile(field: str, value: object) -> None:
+    raw = json.loads(create_master_key("pw", FAST)[0].to_json())
+    raw[field] = value
+    with pytest.raises(KeyFileError, match=field):
+        KeyFile.from_json(json.dumps(raw))
+    with pytest.raises(ValueError, match=field):
+        KdfParams(**{**asdict(FAST), field: value})  # type: ignore[arg-type]
