@@ -43,7 +43,7 @@ EVENTS = {
     "send": "own: sender is the connection's device; to unknown devices refused",
     "send_many": "own: as send, per message",
     "sync": "own: only the caller's queue",
-    "ack": "refused: not_your_envelope",
+    "ack": "own: only the caller's queue; other ids are passed over, answered alike",
     "keys_upload": "refused: bad_signature for another device's keys",
     "keys_count": "own",
     "keys_claim": "public: the key directory",
@@ -129,7 +129,7 @@ async def test_events_of_a_stranger(world: World) -> None:
     )
     assert sent["ok"] is True
     mine = [e["id"] for e in await alice.pending() if e["body"] == body]
-    await carol.expect_error("ack", {"ids": mine}, "not_your_envelope")
+    assert await carol.call("ack", {"ids": mine}) == {"ok": True, "deleted": 0}
     assert [e["id"] for e in await alice.pending() if e["body"] == body] == mine
     # sync: carol's queue never holds alice's envelopes.
     assert not [e for e in await carol.pending() if e["body"] == body]
@@ -154,6 +154,26 @@ async def test_events_of_a_stranger(world: World) -> None:
     # settings are the caller's own.
     assert (await carol.call("settings", {"share_presence": False}))["share_presence"] is False
     assert (await alice.call("settings", None))["share_presence"] is True
+
+
+async def test_ack_answers_the_same_whoever_owns_the_id(world: World) -> None:
+    """An ack of an id that is not in the caller's queue gets one answer, whether the
+    envelope waits for another device, was already taken by it, or never existed:
+    otherwise the sender, who can guess the ids, learns when the recipient synced."""
+    alice, bob = world.socks["alice"], world.socks["bob"]
+    body = b64encode(os.urandom(16))
+    sent = await alice.call(
+        "send",
+        {"client_message_id": secrets.token_urlsafe(12), "envelopes": [world.bob.envelope(body)]},
+    )
+    assert sent["ok"] is True
+    [bobs] = [e["id"] for e in await bob.pending() if e["body"] == body]
+    waiting = await alice.call("ack", {"ids": [bobs]})
+    assert [e["id"] for e in await bob.pending() if e["body"] == body] == [bobs]
+    assert await bob.call("ack", {"ids": [bobs]}) == {"ok": True, "deleted": 1}
+    taken = await alice.call("ack", {"ids": [bobs]})
+    never = await alice.call("ack", {"ids": [2**62]})
+    assert waiting == taken == never == {"ok": True, "deleted": 0}
 
 
 async def test_group_events_of_a_stranger(world: World) -> None:

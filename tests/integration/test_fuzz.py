@@ -390,7 +390,8 @@ def test_fuzz_replayed_and_reordered_acks(world: World, ids: list[int]) -> None:
     )
     mine = [e["id"] for e in world.queue("bob") if e["body"] == body]
     ack = world.call("ack", {"ids": ids + mine})
-    assert ack["ok"] is False, "mallory acked an envelope of bob's"
+    # Refused (an id out of range), or bob's ids passed over (mallory's own go).
+    assert ack["ok"] is False or set(ack) == {"ok", "deleted"}, ack
     assert [e["id"] for e in world.queue("bob") if e["body"] == body] == mine
     assert bob.call("ack", {"ids": mine})["ok"] is True
 

@@ -23,8 +23,13 @@ from bisik.server import free_port
 from bisik.server._limits import RateLimiter
 from tests.conftest import RunningServer
 from tests.integration._server_process import ServerProcess
-from tests.integration.test_bad_input import Dev, Sock, login, post, refused, register
+from tests.integration.test_bad_input import Dev, Sock, login, post, register
 from tests.integration.test_faults import new_device
+from tests.integration.test_socket_limits import (
+    connect_once_admitted,
+    refused_at_handshake,
+    refused_once_admitted,
+)
 
 ServerFactory = Callable[..., Awaitable[RunningServer]]
 STRICT: dict[str, Any] = {"rate_limit_exempt": ()}
@@ -130,14 +135,16 @@ async def test_connections_per_ip(server_factory: ServerFactory) -> None:
         await first.connect(server.url, {"token": token})
         await second.connect(server.url, {"token": token})
         try:
-            reason = await refused(server.url, {"token": token})
-            assert reason["data"]["code"] == "too_many_connections", reason
-            # Bad tokens count while refused only: they do not use up the cap.
-            for _ in range(3):
-                await refused(server.url, {"token": "x" * 43})
+            # Refused at the websocket handshake (HTTP 429), before authentication.
+            body = await refused_at_handshake(server)
+            assert body["error"]["code"] == "too_many_connections", body
             await second.close()
+            # Bad tokens count while their socket is open only: they do not use up the cap.
+            for _ in range(3):
+                reason = await refused_once_admitted(server, {"token": "x" * 43})
+                assert reason["data"]["code"] == "unauthorized", reason
             third = Sock()
-            await third.connect(server.url, {"token": token})
+            await connect_once_admitted(third, server, token)
             await third.assert_usable()
             await third.close()
         finally:

@@ -36,6 +36,7 @@ class ErrorCode(StrEnum):
     RATE_LIMITED = "rate_limited"
     NOT_SENT = "not_sent"  # send_many: after a refused message, the rest is not stored
     TOO_MANY_CONNECTIONS = "too_many_connections"
+    TOO_MANY_WATCHED = "too_many_watched"  # devices_watch past the per-socket cap
     UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
 
@@ -71,6 +72,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.NOT_YOUR_UPLOAD: 403,
     ErrorCode.RATE_LIMITED: 429,
     ErrorCode.TOO_MANY_CONNECTIONS: 429,
+    ErrorCode.TOO_MANY_WATCHED: 429,
     ErrorCode.UNAVAILABLE: 503,
     ErrorCode.INTERNAL: 500,
 }

@@ -54,6 +54,8 @@ def create_app(config: ServerConfig) -> Any:
     notifier.sio = sio
     namespace = BisikNamespace(services)
     sio.register_namespace(namespace)
+    # The per-address cap counts every websocket, before it authenticates.
+    sio.guard_transports(namespace.limits)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

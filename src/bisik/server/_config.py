@@ -33,6 +33,11 @@ class ServerConfig:
     messages_per_device_per_s: float = 20.0
     message_burst: int = 200
     max_connections_per_ip: int = 200
+    # A socket must authenticate (Socket.IO CONNECT with a valid token) within this long.
+    socket_auth_timeout_s: float = 5.0
+    # devices_watch: users one socket may watch, and events per device (a minute, burst as many).
+    max_watched_users_per_socket: int = 5000
+    devices_watch_per_min: int = 120
     # Web Push: at most one push per device in this many seconds.
     push_interval_s: int = 30
     push_contact: str = "mailto:admin@localhost"

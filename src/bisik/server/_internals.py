@@ -22,7 +22,11 @@ queue or timer of their own; a fraction of engineio's memory per socket):
   - ``AsyncServer._handle_connect(environ, transport, jsonp_index)`` overridden
     (engineio's, with ``LeanSocket`` and without the service task or polling);
     it calls ``generate_id``, ``_trigger_event`` and ``_unauthorized``;
-    ``handle_get_request`` calls ``_bad_request``.
+    ``handle_get_request`` calls ``_bad_request``. It also asks the server's
+    :class:`TransportGate` (the per-IP socket cap) before anything is kept for a
+    websocket, refusing one over the cap with an ASGI ``websocket.http.response``
+    (HTTP 429 and a JSON body) when the server offers that extension, and closes a
+    socket not authenticated within the gate's ``auth_timeout_s``.
   - ``AsyncServer._async["translate_request"]`` replaced (a websocket's environ
     without a class per request or a copy of every header), falling back to
     ``async_drivers.asgi.translate_request`` for anything else.
@@ -35,7 +39,9 @@ handler; ``RecoveringRedisManager``: pushes survive a Redis restart):
     ``_send_packet(eio_sid, pkt)`` called to answer a malformed acked event.
   - ``AsyncServer.eio`` (its engineio server): ``emit_copies`` writes one
     encoded frame per copy of a fan-out there, past the manager, on a lone
-    process (the manager would build and encode a packet per copy).
+    process (the manager would build and encode a packet per copy);
+    ``authenticated`` finds a socket's ``LeanSocket`` in its ``sockets`` through
+    the manager's ``eio_sid_from_sid``.
   - ``AsyncRedisManager._redis_connect``, ``_publish`` and
     ``_redis_listen_with_retries`` overridden, its ``redis``, ``pubsub``,
     ``channel``, ``json`` and ``connected`` attributes used, and
@@ -62,7 +68,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import engineio
 import socketio
@@ -73,8 +79,9 @@ from socketio import packet as socketio_packet
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import InvalidState
 
-from bisik.proto import ErrorCode
+from bisik.proto import ErrorCode, ProtocolError
 from bisik.server._heartbeat import Heartbeat
+from bisik.server._limits import client_ip
 from bisik.server._waiters import Flag, Inbox
 
 log = logging.getLogger("bisik.server.realtime")
@@ -84,6 +91,7 @@ __all__ = [
     "LeanWebSocketProtocol",
     "RecoveringRedisManager",
     "SocketServer",
+    "TransportGate",
     "translate_request",
 ]
 
@@ -166,6 +174,8 @@ class LeanSocket(async_socket.AsyncSocket):  # type: ignore[misc]
         self._asgi_send: Any = None  # the websocket's, once accepted
         self._outbox: list[packet.Packet] = []
         self._writer: asyncio.Task[None] | None = None
+        # Until the application says the socket authenticated: closes it when due.
+        self._auth_deadline: asyncio.TimerHandle | None = None
 
     # Sending: a packet goes out at once while the websocket takes it; otherwise packets
     # wait in ``_outbox``, and a writer task exists only while it is not empty, so a
@@ -218,6 +228,7 @@ class LeanSocket(async_socket.AsyncSocket):  # type: ignore[misc]
             return
         self.closing = True
         self.server.heartbeat.forget(self)
+        self._drop_auth_deadline()
         await self.server._trigger_event(
             "disconnect", self.sid, reason or self.server.reason.SERVER_DISCONNECT, run_async=False
         )
@@ -227,6 +238,27 @@ class LeanSocket(async_socket.AsyncSocket):  # type: ignore[misc]
         writer = self._writer
         if wait and writer is not None:
             await asyncio.shield(writer)
+
+    # Authentication: a socket that has not authenticated when its time is up is closed.
+
+    def authenticate_within(self, seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._auth_deadline = loop.call_later(seconds, self._auth_overdue)
+
+    def authenticated(self) -> None:
+        """The application admitted the socket: it is not closed for want of it."""
+        self._drop_auth_deadline()
+
+    def _drop_auth_deadline(self) -> None:
+        if self._auth_deadline is not None:
+            self._auth_deadline.cancel()
+            self._auth_deadline = None
+
+    def _auth_overdue(self) -> None:
+        self._auth_deadline = None
+        if not (self.closing or self.closed):
+            log.debug("not authenticated in time: closing the socket")
+            self.server.run_owned(self.close(wait=False))
 
     # Heartbeat: the server's Heartbeat calls heartbeat_ping when the next ping is
     # due, then heartbeat_overdue if no pong came within the timeout.
@@ -316,6 +348,7 @@ class LeanSocket(async_socket.AsyncSocket):  # type: ignore[misc]
                     log.exception("unexpected error in an Engine.IO packet handler")
         finally:
             self.server.heartbeat.forget(self)
+            self._drop_auth_deadline()
         writer = self._writer
         if writer is not None:
             await asyncio.gather(writer, return_exceptions=True)
@@ -324,11 +357,43 @@ class LeanSocket(async_socket.AsyncSocket):  # type: ignore[misc]
         return ""
 
 
+class TransportGate(Protocol):
+    """What :class:`LeanEngineServer` asks of the application about each websocket."""
+
+    # A socket the application has not called authenticated on by then is closed.
+    auth_timeout_s: float
+
+    def open_socket(self, ip: str | None) -> None:
+        """Count a new websocket of ``ip``. Raises: ``ProtocolError`` to refuse it."""
+        ...
+
+    def close_socket(self, ip: str | None) -> None:
+        """A websocket that ``open_socket`` admitted has ended."""
+        ...
+
+
+async def _refuse(environ: dict[str, Any], refusal: ProtocolError) -> None:
+    """Answer a websocket handshake with ``refusal`` as an HTTP error (status, JSON
+    body) if the server can (ASGI's websocket denial response), else a bare 403."""
+    send = environ["asgi.send"]
+    if "websocket.http.response" not in environ["asgi.scope"].get("extensions", {}):
+        await send({"type": "websocket.close"})
+        return
+    body = json.dumps(refusal.to_body()).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    start = {"type": "websocket.http.response.start", "status": refusal.http_status}
+    await send({**start, "headers": headers})
+    await send({"type": "websocket.http.response.body", "body": body})
+
+
 class LeanEngineServer(engineio.AsyncServer):  # type: ignore[misc]
     """engineio's AsyncServer with :class:`LeanSocket` sessions; websocket transport only.
 
     It owns its heartbeat timer and the tasks it starts (closing sockets whose
-    pong is overdue): :meth:`shutdown` cancels them.
+    pong is overdue or that did not authenticate in time): :meth:`shutdown`
+    cancels them. With a :attr:`gate`, every websocket is counted (and may be
+    refused) before anything is kept for it, whether or not it ever sends a
+    Socket.IO CONNECT.
     """
 
     def __init__(self, **kwargs: Any) -> None:
@@ -339,6 +404,7 @@ class LeanEngineServer(engineio.AsyncServer):  # type: ignore[misc]
         # sockets, which _handle_connect does.
         super().__init__(**{**kwargs, "monitor_clients": False})
         self.heartbeat = Heartbeat(self.ping_interval, self.ping_timeout)
+        self.gate: TransportGate | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         # A copy: the driver's dict is shared by every engineio server in the process.
         driver: dict[str, Any] = dict(self._async)  # type: ignore[has-type]
@@ -360,7 +426,23 @@ class LeanEngineServer(engineio.AsyncServer):  # type: ignore[misc]
     async def _handle_connect(
         self, environ: dict[str, Any], transport: str, jsonp_index: int | None = None
     ) -> Any:
-        # engineio's, minus the polling branch and the service task, with LeanSocket.
+        # engineio's, minus the polling branch and the service task, with LeanSocket,
+        # behind the gate.
+        gate = self.gate
+        ip = client_ip(environ.get("asgi.scope", {}))
+        if gate is not None:
+            try:
+                gate.open_socket(ip)
+            except ProtocolError as refusal:
+                await _refuse(environ, refusal)
+                return ""
+        try:
+            return await self._run_socket(environ)
+        finally:
+            if gate is not None:
+                gate.close_socket(ip)
+
+    async def _run_socket(self, environ: dict[str, Any]) -> Any:
         sid = self.generate_id()
         s = LeanSocket(self, sid)
         self.sockets[sid] = s
@@ -383,6 +465,8 @@ class LeanEngineServer(engineio.AsyncServer):  # type: ignore[misc]
             self.logger.warning("Application rejected connection")
             return self._unauthorized(ret or None)
         s.schedule_ping()
+        if self.gate is not None:
+            s.authenticate_within(self.gate.auth_timeout_s)
         try:
             return await s.handle_get_request(environ)
         finally:
@@ -410,6 +494,18 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
 
     def _engineio_server_class(self) -> type[LeanEngineServer]:
         return LeanEngineServer
+
+    def guard_transports(self, gate: TransportGate) -> None:
+        """Count every websocket against ``gate`` and close those that do not
+        authenticate in time (see :class:`LeanEngineServer`)."""
+        self.eio.gate = gate
+
+    def authenticated(self, sid: str, namespace: str = "/") -> None:
+        """Socket ``sid`` passed authentication: it is not closed for want of it."""
+        eio_sid = self.manager.eio_sid_from_sid(sid, namespace)
+        s = self.eio.sockets.get(eio_sid) if eio_sid is not None else None
+        if isinstance(s, LeanSocket):
+            s.authenticated()
 
     async def emit_copies(
         self, event: str, common: dict[str, Any], copies: Iterable[tuple[str, int]]

@@ -4,10 +4,11 @@ Token buckets kept in memory by each server process (with several processes,
 each one counts what reaches it). Addresses in ``ServerConfig.rate_limit_exempt``
 (loopback by default: tests, benchmarks, a reverse proxy on the same host that
 does not pass ``X-Forwarded-For``) are never limited. An over-limit request is
-refused with ``rate_limited`` (HTTP 429 with ``Retry-After``), a socket over the
-cap with ``too_many_connections``. Storage that runs out (disk full, database
-locked or unreachable) is answered ``unavailable`` (HTTP 503): a limit of the
-machine, not a bug.
+refused with ``rate_limited`` (HTTP 429 with ``Retry-After``), a websocket over the
+per-IP cap with ``too_many_connections`` (HTTP 429 at its handshake), and every
+socket, exempt or not, is closed unless it authenticates within ``auth_timeout_s``.
+Storage that runs out (disk full, database locked or unreachable) is answered
+``unavailable`` (HTTP 503): a limit of the machine, not a bug.
 """
 
 from __future__ import annotations
@@ -85,6 +86,11 @@ class Limits:
         )
         self.messages = RateLimiter(config.messages_per_device_per_s, config.message_burst)
         self.max_sockets = config.max_connections_per_ip
+        self.auth_timeout_s = config.socket_auth_timeout_s
+        self.watches = RateLimiter(
+            config.devices_watch_per_min / minute, config.devices_watch_per_min
+        )
+        self.max_watched = config.max_watched_users_per_socket
         self._sockets: dict[str, int] = {}
         # Parsing the address and testing each network cost more than the rest of
         # a limit check; every sign-in request and socket connect makes one.
@@ -123,8 +129,14 @@ class Limits:
         if not self.is_exempt(ip) and (wait := self.messages.take(device_pk, count)):
             raise RateLimited("messages from this device", wait)
 
+    def devices_watch(self, device_pk: int, ip: str | None) -> None:
+        """A ``devices_watch`` event of a device; past its rate, refused."""
+        if not self.is_exempt(ip) and (wait := self.watches.take(device_pk)):
+            raise RateLimited("devices_watch events from this device", wait)
+
     def open_socket(self, ip: str | None) -> None:
-        """Count a new socket of ``ip``; raises ``too_many_connections`` over the cap."""
+        """Count a new websocket of ``ip``, before it authenticates (the engine's
+        ``TransportGate``); raises ``too_many_connections`` over the cap."""
         if ip is None or self.is_exempt(ip):
             return
         if self._sockets.get(ip, 0) >= self.max_sockets:

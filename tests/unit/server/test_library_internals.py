@@ -204,7 +204,22 @@ async def test_socketio_server_attributes_socket_server_uses() -> None:
         and _params(sio.manager.get_participants) == ["namespace", "room"],
         "the default manager is no longer AsyncManager with get_participants(namespace, room)",
     )
+    _require(
+        "python-socketio",
+        _params(sio.manager.eio_sid_from_sid) == ["sid", "namespace"],
+        "the manager's eio_sid_from_sid(sid, namespace) changed (SocketServer.authenticated)",
+    )
     await sio.shutdown()
+
+
+def test_uvicorn_offers_the_websocket_denial_response() -> None:
+    # LeanEngineServer refuses a websocket over the per-IP cap with an HTTP 429 body.
+    source = inspect.getsource(_internals.WebSocketsSansIOProtocol)
+    _require(
+        "uvicorn",
+        '"websocket.http.response"' in source and "websocket.http.response.start" in source,
+        "WebSocketsSansIOProtocol no longer offers the websocket.http.response extension",
+    )
 
 
 def test_socketio_redis_manager_private_methods() -> None:

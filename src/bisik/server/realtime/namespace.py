@@ -103,15 +103,17 @@ class SocketNotifier:
 
 class _Socket:
     """What the namespace keeps per authenticated socket: the device's handle
-    (not its keys), the client's address for the rate limits, and when the
-    device was last found not revoked."""
+    (not its keys), the client's address for the rate limits, when the
+    device was last found not revoked, and the rooms it entered by
+    ``devices_watch`` (``None`` until it watches anyone)."""
 
-    __slots__ = ("device", "ip", "validated_at")
+    __slots__ = ("device", "ip", "validated_at", "watched")
 
     def __init__(self, device: DeviceHandle, ip: str | None, validated_at: float) -> None:
         self.device = device
         self.ip = ip
         self.validated_at = validated_at
+        self.watched: set[str] | None = None
 
 
 def _error(code: ErrorCode | str, message: str) -> dict[str, Any]:
@@ -124,17 +126,17 @@ class BisikNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         self._auth = AuthConcern(services)
         self.presence = PresenceConcern(services)
         self._handlers: dict[str, EventHandler] = {}
+        self.limits = Limits(services.config)
         concerns = (
             MessageConcern(services),
             CryptoConcern(services),
-            DevicesConcern(services, self.enter_room),
+            DevicesConcern(services, self.enter_room, self._watched_by, self.limits.max_watched),
             GroupsConcern(services),
             self.presence,
         )
         for concern in concerns:
             self._handlers.update(concern.events())
         self._sockets: dict[str, _Socket] = {}
-        self.limits = Limits(services.config)
 
     async def trigger_event(self, event: Any, *args: Any) -> Any:
         sid = args[0]
@@ -164,6 +166,8 @@ class BisikNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         try:
             if event in MESSAGE_EVENTS:
                 self.limits.message(sock.device.pk, sock.ip, messages_in(event, data))
+            elif event == "devices_watch":
+                self.limits.devices_watch(sock.device.pk, sock.ip)
             result = await handler(Connection(sid, sock.device), data)
         except ProtocolError as exc:
             return _error(exc.code, exc.message)
@@ -187,31 +191,32 @@ class BisikNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             return True
         if not await self._auth.services.auth.device_live(sock.device.pk):
             # Forgotten before the disconnect, so that no presence is recorded
-            # for a removed device; its slot in the per-address count is freed here.
-            if self._sockets.pop(sid, None) is sock:
-                self.limits.close_socket(sock.ip)
+            # for a removed device. (Its transport's slot in the per-address
+            # count is freed when the transport ends.)
+            self._sockets.pop(sid, None)
             await self.disconnect(sid)
             return False
         sock.validated_at = now
         return True
 
+    def _watched_by(self, sid: str) -> set[str] | None:
+        sock = self._sockets.get(sid)
+        if sock is None:
+            return None
+        if sock.watched is None:
+            sock.watched = set()
+        return sock.watched
+
     async def _connect(self, sid: str, auth: Any, environ: Any) -> None:
+        # The per-address cap was applied to the transport, before this
+        # (LeanEngineServer's gate): a socket that never gets here counts too.
         scope = environ.get("asgi.scope", {}) if isinstance(environ, dict) else {}
         ip = client_ip(scope)
-        try:
-            self.limits.open_socket(ip)
-        except ProtocolError as exc:
-            raise socketio.exceptions.ConnectionRefusedError(
-                exc.message, {"code": str(exc.code)}
-            ) from None
-        try:
-            row = await self._auth.authenticate(auth)
-        except BaseException:
-            self.limits.close_socket(ip)
-            raise
+        row = await self._auth.authenticate(auth)
         # The handle only: the device's keys and signatures are not kept per socket.
         device = DeviceHandle(row.pk, row.username, row.device_id)
         self._sockets[sid] = _Socket(device, ip, time.monotonic())
+        self.server.authenticated(sid, self.namespace)
         await self.enter_room(sid, device_room(device.pk))
         await self.enter_room(sid, user_room(device.username))
         await self.enter_room(sid, account_room(device.username))
@@ -227,7 +232,6 @@ class BisikNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
     async def _disconnect(self, sid: str) -> None:
         sock = self._sockets.pop(sid, None)
         if sock is not None:
-            self.limits.close_socket(sock.ip)
             try:
                 await self.presence.on_disconnected(sid, sock.device)
             except OperationalError as exc:

@@ -75,7 +75,7 @@ class MessageStore:
 
     def __init__(self, db: OneHop) -> None:
         self._db = db
-        self._acks: Batcher[tuple[int, list[int]], tuple[int, list[int]]] = Batcher(self._ack_batch)
+        self._acks: Batcher[tuple[int, list[int]], int] = Batcher(self._ack_batch)
         self._sends: Batcher[list[NewMessage], list[StoredMessage | None]] = Batcher(
             self._store_batch
         )
@@ -138,32 +138,28 @@ class MessageStore:
 
         return await self._db.read(read)
 
-    async def ack(self, recipient_pk: int, ids: Sequence[int]) -> tuple[int, list[int]]:
-        """Delete acknowledged envelopes of this device.
+    async def ack(self, recipient_pk: int, ids: Sequence[int]) -> int:
+        """Delete acknowledged envelopes of this device; how many were deleted.
 
-        Returns ``(deleted, foreign)``: ``foreign`` lists ids that exist but are
-        addressed to another device (nothing is deleted then). Acks from many
-        devices at once are written in one transaction (see ``Batcher``).
+        Ids not in this device's queue (taken already, never there, or addressed
+        to another device) are passed over alike. Acks from many devices at once
+        are written in one transaction (see ``Batcher``).
         """
         return await self._acks.submit((recipient_pk, list(ids)))
 
-    async def _ack_batch(self, batch: list[tuple[int, list[int]]]) -> list[tuple[int, list[int]]]:
+    async def _ack_batch(self, batch: list[tuple[int, list[int]]]) -> list[int]:
         wanted = sorted({i for _, ids in batch for i in ids})
 
-        def write(conn: Connection) -> list[tuple[int, list[int]]]:
+        def write(conn: Connection) -> list[int]:
             found = for_ids(conn, _ACK_FIND, wanted)
             owners = {int(i): int(pk) for i, pk, _ in found}
             message_of = {int(i): int(m) for i, _, m in found}
-            results: list[tuple[int, list[int]]] = []
+            results: list[int] = []
             deletable: list[int] = []
             for recipient_pk, ids in batch:
-                foreign = [i for i in ids if owners.get(i, recipient_pk) != recipient_pk]
-                if foreign:
-                    results.append((0, foreign))
-                    continue
-                mine = {i for i in ids if i in owners}
+                mine = {i for i in ids if owners.get(i) == recipient_pk}
                 deletable += mine
-                results.append((len(mine), []))
+                results.append(len(mine))
             gone = sorted({message_of[i] for i in deletable})
             for_ids(conn, _ACK_DELETE, deletable)
             # A disappearing message is gone once every device has it.
