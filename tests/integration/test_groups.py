@@ -4,7 +4,7 @@ replays and the server's membership checks, with real clients and server."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -26,6 +26,7 @@ from bisik.server.stores.schema import devices, envelopes, messages, users
 from tests._internals import devices as device_directory
 from tests._internals import group_store, pickle_key, send_olm_control, stamp
 from tests.conftest import (
+    FAST_KDF,
     PASSWORD,
     ClientFactory,
     RunningServer,
@@ -581,3 +582,28 @@ async def test_offline_backlog_of_group_and_direct_messages(
         )
     finally:
         await bob.close()
+
+
+async def test_a_refused_device_watch_does_not_undo_a_group_change(
+    server_factory: Callable[..., Awaitable[RunningServer]], tmp_path: Path
+) -> None:
+    """The server may refuse ``devices_watch`` (over its per-socket cap, or its
+    rate): the group is still made and used; the lists are fetched when needed."""
+    server = await server_factory(max_watched_users_per_socket=1)
+    clients = []
+    for name in ("alice", "bob", "carol"):
+        client = await Client.create_account(
+            tmp_path / name, server_url=server.url, username=name, password=PASSWORD, kdf=FAST_KDF
+        )
+        await client.connect()
+        await asyncio.wait_for(client.synced.wait(), 10)
+        clients.append(client)
+    alice, bob, _carol = clients
+    try:
+        b_in = bob.subscribe()
+        await alice.create_group("Capped", ["bob", "carol"])
+        await sent(alice, "#Capped", "still works")
+        assert await group_bodies(b_in, 1) == ["still works"]
+    finally:
+        for client in clients:
+            await client.close()

@@ -80,7 +80,13 @@ class DeviceDirectory:
             return
         for start in range(0, len(fresh), 5000):
             chunk = fresh[start : start + 5000]
-            await self._transport.call("devices_watch", {"usernames": chunk})
+            try:
+                await self._transport.call("devices_watch", {"usernames": chunk})
+            except ProtocolError as exc:
+                # Over the server's cap or rate: those users go unwatched, and
+                # their lists are fetched again when older than DEVICE_LIST_TTL_S.
+                log.info("devices_watch refused (%s); lists will be fetched again", exc.code)
+                return
             self._watched.update(chunk)
 
     async def _fetch(self, username: str) -> list[StoredDevice]:
