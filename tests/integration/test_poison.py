@@ -141,10 +141,10 @@ async def test_a_stored_failure_of_any_kind_does_not_stop_the_pipeline(
     timeline = internals.timeline(alice)
     receive = timeline.receive
 
-    def fragile(message: object, **kwargs: object) -> object:
-        if getattr(message, "body", "") == "boom":
+    def fragile(content: object, **kwargs: object) -> object:
+        if getattr(content, "body", "") == "boom":
             raise OverflowError("Python int too large to convert to SQLite INTEGER")
-        return receive(message, **kwargs)  # type: ignore[arg-type]
+        return receive(content, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(timeline, "receive", fragile)
     for body in ("one", "boom", "two"):

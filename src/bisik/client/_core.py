@@ -255,25 +255,13 @@ class Opener:
 
     def _store_text(self, item: Inbound, content: Plaintext) -> Opened:
         parsed = item.parsed
-        incoming = content.sender.username != self._me.username
+        mine = content.sender.username == self._me.username
         message = self._timeline.receive(
-            Message(
-                id=content.id,
-                conversation=direct_conversation(parsed.sender if incoming else content.to),
-                sender=parsed.sender,
-                sender_device=parsed.sender_device,
-                direction="in" if incoming else "out",
-                body=content.body,
-                sent_at=content.sent_at,
-                received_at=self._clock(),
-                server_seq=int(parsed.env.get("seq", 0)),
-                state="received" if incoming else "sent",
-                attachment=content.attachment,
-            ),
-            attachment=content.attachment,
-            reply_to=content.reply_to,
-            expires_in=content.expires_in,
-            view_once=content.view_once,
+            content,
+            conversation=direct_conversation(content.to if mine else parsed.sender),
+            sender=parsed.sender,
+            sender_device=parsed.sender_device,
+            server_seq=int(parsed.env.get("seq", 0)),
         )
         self._db.mark_processed(parsed.key, "received", self._clock())
         return Opened("received", message=message)

@@ -21,7 +21,6 @@ from bisik.client._models import (
     Event,
     GroupChanged,
     GroupPlaintext,
-    Message,
     MessageReceived,
     Plaintext,
     group_conversation,
@@ -146,25 +145,12 @@ class GroupReceiver:
                     content.id,
                 )
             elif content.type == "text":
-                incoming = item.sender != self._me.username
                 message = self._timeline.receive(
-                    Message(
-                        id=content.id,
-                        conversation=conversation,
-                        sender=item.sender,
-                        sender_device=item.sender_device,
-                        direction="in" if incoming else "out",
-                        body=content.body,
-                        sent_at=content.sent_at,
-                        received_at=now,
-                        server_seq=item.server_seq,
-                        state="received" if incoming else "sent",
-                        attachment=content.attachment,
-                    ),
-                    attachment=content.attachment,
-                    reply_to=content.reply_to,
-                    expires_in=content.expires_in,
-                    view_once=content.view_once,
+                    content,
+                    conversation=conversation,
+                    sender=item.sender,
+                    sender_device=item.sender_device,
+                    server_seq=item.server_seq,
                 )
                 if message is not None:
                     events.append(MessageReceived(self._timeline.with_extras([message])[0]))

@@ -30,10 +30,12 @@ from bisik.client._models import (
     ActionContent,
     DeviceStamp,
     Event,
+    GroupPlaintext,
     Message,
     MessageChanged,
     MessageReceived,
     MessagesExpired,
+    Plaintext,
     TimerChanged,
 )
 from bisik.client._store import LocalStore
@@ -203,25 +205,43 @@ class Timeline:
 
     def receive(
         self,
-        message: Message,
+        content: Plaintext | GroupPlaintext,
         *,
-        attachment: AttachmentInfo | None,
-        reply_to: str | None,
-        expires_in: int | None,
-        view_once: bool,
+        conversation: str,
+        sender: str,
+        sender_device: str,
+        server_seq: int,
     ) -> Message | None:
-        """Store a message that arrived (from a peer, or from another device of
-        ours); ``None`` if it was here already or its time ran out before it
-        reached this device (never shown)."""
+        """Store a text that arrived, direct or in a group, from a peer or from
+        another device of ours; ``None`` if it was here already or its time ran
+        out before it reached this device (never shown)."""
+        incoming = sender != self._me.username
+        message = Message(
+            id=content.id,
+            conversation=conversation,
+            sender=sender,
+            sender_device=sender_device,
+            direction="in" if incoming else "out",
+            body=content.body,
+            sent_at=content.sent_at,
+            received_at=self._clock(),
+            server_seq=server_seq,
+            state="received" if incoming else "sent",
+            attachment=content.attachment,
+        )
         if not self.rows.insert_message(message):
             return None
         if not self.record_extras(
-            message, reply_to=reply_to, expires_in=expires_in, view_once=view_once
+            message,
+            reply_to=content.reply_to,
+            expires_in=content.expires_in,
+            view_once=content.view_once,
         ):
             self.forget(message.sender, message.id)
             return None
-        if attachment is not None:
-            self.rows.put_attachment(message.sender, message.id, attachment.model_dump_json(), None)
+        if content.attachment is not None:
+            info = content.attachment.model_dump_json()
+            self.rows.put_attachment(message.sender, message.id, info, None)
         return message
 
     def forget(self, sender: str, message_id: str) -> None:
