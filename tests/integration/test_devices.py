@@ -441,9 +441,9 @@ async def test_linking_and_backup_show_the_server_no_plaintext(
     engine = server.services.engine
     original = server.services.rendezvous._store.post
 
-    async def spy(channel: str, role: str, body: str, now: int, limit: int) -> int | None:
+    async def spy(channel: str, role: str, body: str, *limits: int) -> int | None:
         seen.append(body)  # everything the server is given on the rendezvous
-        return await original(channel, role, body, now, limit)
+        return await original(channel, role, body, *limits)
 
     server.services.rendezvous._store.post = spy
     desktop = await link(alice, tmp_path / "desktop")

@@ -66,12 +66,14 @@ def create_app(config: ServerConfig) -> Any:
         log.info("database ready")
         blob_gc = asyncio.create_task(services.blobs.run_gc())
         purge = asyncio.create_task(services.messages.run_purge())
+        rendezvous_purge = asyncio.create_task(services.rendezvous.run_purge())
         try:
             yield
         finally:
             blob_gc.cancel()
             purge.cancel()
-            await asyncio.gather(blob_gc, purge, return_exceptions=True)
+            rendezvous_purge.cancel()
+            await asyncio.gather(blob_gc, purge, rendezvous_purge, return_exceptions=True)
             await sio.shutdown()  # its heartbeat timer and tasks
             await services.close()
             if manager is not None:

@@ -33,6 +33,18 @@ class ServerConfig:
     messages_per_device_per_s: float = 20.0
     message_burst: int = 200
     max_connections_per_ip: int = 200
+    # Device-linking channels need no account. Per address: at most this many opened
+    # in any 20 minutes (a channel's longest life, so never more open at once), and
+    # the other rendezvous requests (claim, write, read, close) at this rate. A
+    # channel holds at most this many bytes of messages, both sides together.
+    rendezvous_channels_per_ip: int = 5
+    rendezvous_requests_per_ip_per_min: int = 600
+    rendezvous_bytes_per_channel: int = 32 * 1024**2
+    # One-time keys handed out, per claiming device and per claimed device, in an
+    # hour (burst and refill); past either, the claim gets the fallback key, so a
+    # drain cannot use up a device's keys and a sender is never refused.
+    key_claims_per_device_per_hour: int = 200
+    key_claims_per_target_per_hour: int = 20
     # A socket must authenticate (Socket.IO CONNECT with a valid token) within this long.
     socket_auth_timeout_s: float = 5.0
     # devices_watch: users one socket may watch, and events per device (a minute, burst as many).

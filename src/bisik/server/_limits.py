@@ -1,4 +1,5 @@
-"""Abuse limits: registrations and sign-ins per IP, messages per device, sockets per IP.
+"""Abuse limits: registrations, sign-ins and pairing channels per IP, messages per
+device, sockets per IP.
 
 Token buckets kept in memory by each server process (with several processes,
 each one counts what reaches it). Addresses in ``ServerConfig.rate_limit_exempt``
@@ -16,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +28,9 @@ from bisik.server._config import ServerConfig
 
 # Buckets kept before full (idle) ones are forgotten.
 MAX_TRACKED = 50_000
+# A pairing channel's longest life (handlers/rendezvous.py: 5 minutes to be
+# claimed, then 15 to finish): channels opened in this window may all be open.
+RENDEZVOUS_WINDOW_S = 20 * 60
 
 
 class RateLimiter:
@@ -63,6 +68,40 @@ class RateLimiter:
                 del self._buckets[key]
 
 
+class WindowLimiter:
+    """At most ``count`` events per key in any ``window_s`` seconds (a sliding window).
+
+    Unlike a token bucket this bounds what is alive at once when each event
+    creates something that lives at most ``window_s``.
+    """
+
+    def __init__(
+        self, count: int, window_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.count = max(1, count)
+        self.window_s = window_s
+        self._clock = clock
+        self._events: dict[Any, deque[float]] = {}
+
+    def take(self, key: Any) -> float:
+        """Count one event; 0 if allowed, else the seconds until the oldest leaves."""
+        now = self._clock()
+        events = self._events.setdefault(key, deque())
+        while events and events[0] <= now - self.window_s:
+            events.popleft()
+        if len(events) >= self.count:
+            return events[0] + self.window_s - now
+        events.append(now)
+        if len(self._events) > MAX_TRACKED:
+            self._forget_idle(now)
+        return 0.0
+
+    def _forget_idle(self, now: float) -> None:
+        for key, events in list(self._events.items()):
+            if not events or events[-1] <= now - self.window_s:
+                del self._events[key]
+
+
 class RateLimited(ProtocolError):
     """``rate_limited``, with the seconds until the next attempt may succeed."""
 
@@ -85,6 +124,13 @@ class Limits:
             config.sign_ins_per_ip_per_min / minute, config.sign_ins_per_ip_per_min
         )
         self.messages = RateLimiter(config.messages_per_device_per_s, config.message_burst)
+        self.rendezvous_channels = WindowLimiter(
+            config.rendezvous_channels_per_ip, RENDEZVOUS_WINDOW_S
+        )
+        self.rendezvous_requests = RateLimiter(
+            config.rendezvous_requests_per_ip_per_min / minute,
+            config.rendezvous_requests_per_ip_per_min,
+        )
         self.max_sockets = config.max_connections_per_ip
         self.auth_timeout_s = config.socket_auth_timeout_s
         self.watches = RateLimiter(
@@ -122,6 +168,16 @@ class Limits:
         """Challenges and tokens (device and backup): past the per-IP rate, refused."""
         if not self.is_exempt(ip) and (wait := self.sign_ins.take(ip)):
             raise RateLimited("sign-in attempts from this address", wait)
+
+    def rendezvous_open(self, ip: str | None) -> None:
+        """A new pairing channel: past the per-IP count in the window, refused."""
+        if not self.is_exempt(ip) and (wait := self.rendezvous_channels.take(ip)):
+            raise RateLimited("pairing channels opened from this address", wait)
+
+    def rendezvous_use(self, ip: str | None) -> None:
+        """A claim, write, read or close of a pairing channel: past the per-IP rate, refused."""
+        if not self.is_exempt(ip) and (wait := self.rendezvous_requests.take(ip)):
+            raise RateLimited("pairing-channel requests from this address", wait)
 
     def message(self, device_pk: int, ip: str | None, count: int = 1) -> None:
         """``count`` messages sent by a device; past its rate, refused (the client
@@ -178,7 +234,10 @@ _HTTP_LIMITS: dict[tuple[str, str], str] = {
     ("POST", "/v1/auth/token"): "sign_in",
     ("POST", "/v1/backup/challenge"): "sign_in",
     ("POST", "/v1/backup/fetch"): "sign_in",
+    ("POST", "/v1/rendezvous"): "rendezvous_open",
 }
+# Paths under these prefixes, any method: prefix -> Limits method.
+_HTTP_PREFIX_LIMITS: dict[str, str] = {"/v1/rendezvous/": "rendezvous_use"}
 
 
 class RateLimitMiddleware:
@@ -195,7 +254,9 @@ class RateLimitMiddleware:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
-            check = _HTTP_LIMITS.get((scope["method"], scope["path"]))
+            check = _HTTP_LIMITS.get((scope["method"], scope["path"])) or next(
+                (m for p, m in _HTTP_PREFIX_LIMITS.items() if scope["path"].startswith(p)), None
+            )
             if check is not None:
                 try:
                     getattr(self.limits, check)(client_ip(scope))

@@ -75,7 +75,7 @@ class Services:
             messages=MessagesHandler(config, message_store, notifier, presence, push, groups),
             account_store=accounts,
             devices=DevicesHandler(accounts, notifier, backups),
-            rendezvous=RendezvousHandler(RendezvousStore(engine)),
+            rendezvous=RendezvousHandler(config, RendezvousStore(engine)),
             backups=backups,
             presence=presence,
             push=push,

@@ -17,7 +17,11 @@ from bisik.server._clock import now_ms
 from bisik.server.stores import DeviceRow
 from bisik.server.stores.backups import Backup, BackupStore
 
-CHALLENGE_TTL_MS = 2 * 60 * 1000
+# A challenge per request, so that nobody's request spoils another's (anyone may
+# ask for one, without an account); a user's newest few are kept, each usable
+# once and briefly (the client signs it at once).
+CHALLENGE_TTL_MS = 60 * 1000
+MAX_CHALLENGES = 16
 
 
 class BackupsHandler:
@@ -37,8 +41,11 @@ class BackupsHandler:
 
     async def challenge(self, req: BackupChallengeRequest) -> ChallengeResponse:
         challenge = secrets.token_urlsafe(32)
-        expires = now_ms() + CHALLENGE_TTL_MS
-        if not await self._store.set_challenge(req.username, challenge, expires):
+        now = now_ms()
+        expires = now + CHALLENGE_TTL_MS
+        if not await self._store.add_challenge(
+            req.username, challenge, now, expires, MAX_CHALLENGES
+        ):
             raise ProtocolError(ErrorCode.NOT_FOUND, "no backup for this user")
         return ChallengeResponse(challenge=challenge, expires_at=expires)
 

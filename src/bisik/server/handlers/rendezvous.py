@@ -1,7 +1,16 @@
+"""Rendezvous mailboxes for device linking.
+
+Anyone may open one (the new device has no account yet), so what a stranger can
+store this way is bounded: channels per address (``_limits.py``), bytes and
+messages per channel (here), and a short life, after which the purge deletes
+the channel and everything in it.
+"""
+
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import secrets
 
 from bisik.proto import (
@@ -17,7 +26,10 @@ from bisik.proto import (
     RendezvousWritten,
 )
 from bisik.server._clock import now_ms
+from bisik.server._config import ServerConfig
 from bisik.server.stores.rendezvous import Channel, RendezvousStore
+
+log = logging.getLogger("bisik.server.rendezvous")
 
 # A pairing code must be used within this time, and then only once.
 PAIRING_TTL_MS = 5 * 60 * 1000
@@ -34,7 +46,8 @@ def _hash(token: str) -> bytes:
 class RendezvousHandler:
     """Mailboxes for device linking. Bodies are encrypted end to end by the two devices."""
 
-    def __init__(self, store: RendezvousStore) -> None:
+    def __init__(self, config: ServerConfig, store: RendezvousStore) -> None:
+        self._config = config
         self._store = store
 
     async def create(self) -> RendezvousToken:
@@ -74,9 +87,14 @@ class RendezvousHandler:
     async def write(self, channel: str, req: RendezvousWrite) -> RendezvousWritten:
         found = await self._channel(channel)
         role = self._role(found, req.token)
-        msg_id = await self._store.post(channel, role, req.body, now_ms(), MAX_MESSAGES)
+        max_bytes = self._config.rendezvous_bytes_per_channel
+        msg_id = await self._store.post(channel, role, req.body, now_ms(), MAX_MESSAGES, max_bytes)
         if msg_id is None:
-            raise ProtocolError(ErrorCode.PAYLOAD_TOO_LARGE, "too many messages on this channel")
+            raise ProtocolError(
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                f"this pairing channel is full (at most {MAX_MESSAGES} messages"
+                f" and {max_bytes} bytes)",
+            )
         return RendezvousWritten(id=msg_id)
 
     async def read(self, channel: str, req: RendezvousRead) -> RendezvousMessages:
@@ -98,3 +116,20 @@ class RendezvousHandler:
         self._role(found, req.token)
         await self._store.close(channel)
         return Done()
+
+    async def purge(self) -> int:
+        """Delete expired channels with their messages; returns how many."""
+        return await self._store.purge(now_ms())
+
+    async def run_purge(self) -> None:
+        """Purge every ``purge_interval_s`` until cancelled: an expired channel's
+        data goes even if nobody opens another one."""
+        while True:
+            try:
+                purged = await self.purge()
+            except Exception:
+                log.exception("rendezvous purge failed")
+            else:
+                if purged:
+                    log.info("purged %d pairing channels", purged)
+            await asyncio.sleep(self._config.purge_interval_s)

@@ -24,6 +24,7 @@ from bisik.proto import (
     TokenResponse,
     UploadKeysRequest,
 )
+from bisik.server._limits import Limits
 from bisik.server.rest import backups, blobs, devices, rendezvous
 from bisik.server.rest._util import ApiRoute, authenticated, endpoint, read_body, services
 
@@ -79,9 +80,11 @@ async def key_count(request: Request) -> KeyCount:
 @endpoint
 async def claim_keys(request: Request) -> ClaimResponse:
     """Take one one-time key (or the fallback key) per listed device."""
-    await authenticated(request)
+    device = await authenticated(request)
     req = await read_body(request, ClaimRequest)
-    return await services(request).keys.claim(req)
+    limits: Limits = request.app.state.namespace.limits
+    exempt = limits.is_exempt(request.client.host if request.client else None)
+    return await services(request).keys.claim(req, device, limited=not exempt)
 
 
 @endpoint

@@ -2,10 +2,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bisik.server.stores.schema import backups, user_pk_of, users
+from bisik.server.stores.schema import backup_challenges, backups, user_pk_of, users
 
 
 @dataclass(frozen=True)
@@ -62,27 +62,56 @@ class BackupStore:
             ).first()
         return Backup(row[0], int(row[1]), row[2]) if row else None
 
-    async def set_challenge(self, username: str, challenge: str, expires_at: int) -> bool:
+    async def add_challenge(
+        self, username: str, challenge: str, now: int, expires_at: int, keep: int
+    ) -> bool:
+        """Record one more outstanding challenge for the user's backup, keeping the
+        user's ``keep`` newest (and dropping every expired one); ``False`` if the
+        user has no backup."""
         async with self._engine.begin() as conn:
-            user_pk = user_pk_of(username)
-            result = await conn.execute(
-                update(backups)
-                .where(backups.c.user_id == user_pk)
-                .values(challenge=challenge, challenge_expires_at=expires_at)
+            user_pk = (
+                await conn.execute(
+                    select(backups.c.user_id)
+                    .join_from(backups, users, backups.c.user_id == users.c.id)
+                    .where(users.c.username == username)
+                )
+            ).scalar_one_or_none()
+            if user_pk is None:
+                return False
+            await conn.execute(
+                delete(backup_challenges).where(backup_challenges.c.expires_at < now)
             )
-            return bool(result.rowcount)
+            await conn.execute(
+                insert(backup_challenges).values(
+                    user_id=user_pk, challenge=challenge, expires_at=expires_at
+                )
+            )
+            evict_upto = (
+                await conn.execute(
+                    select(backup_challenges.c.id)
+                    .where(backup_challenges.c.user_id == user_pk)
+                    .order_by(backup_challenges.c.id.desc())
+                    .offset(keep)
+                    .limit(1)
+                )
+            ).scalar_one_or_none()
+            if evict_upto is not None:
+                await conn.execute(
+                    delete(backup_challenges).where(
+                        backup_challenges.c.user_id == user_pk,
+                        backup_challenges.c.id <= evict_upto,
+                    )
+                )
+            return True
 
     async def consume_challenge(self, username: str, challenge: str, now: int) -> bool:
-        """True once for the outstanding, unexpired challenge of that user."""
+        """True once for an outstanding, unexpired challenge of that user."""
         async with self._engine.begin() as conn:
-            user_pk = user_pk_of(username)
             result = await conn.execute(
-                update(backups)
-                .where(
-                    backups.c.user_id == user_pk,
-                    backups.c.challenge == challenge,
-                    backups.c.challenge_expires_at >= now,
+                delete(backup_challenges).where(
+                    backup_challenges.c.user_id == user_pk_of(username),
+                    backup_challenges.c.challenge == challenge,
+                    backup_challenges.c.expires_at >= now,
                 )
-                .values(challenge=None, challenge_expires_at=None)
             )
             return bool(result.rowcount)

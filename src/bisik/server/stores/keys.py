@@ -81,13 +81,35 @@ class KeyStore:
         ).scalar_one_or_none()
         return KeyCounts(int(count), used is not None, bool(used))
 
-    async def claim(self, device_pk: int) -> ClaimedKeyRow | None:
+    async def claim(self, device_pk: int, *, one_time: bool = True) -> ClaimedKeyRow | None:
         """Take one one-time key of a device, or its fallback key if none is left.
 
+        With ``one_time=False`` (a claim past a rate limit) the fallback key comes
+        first, and a one-time key only for a device that has no fallback key.
         A one-time key is deleted as it is handed out, in one statement; on
         PostgreSQL ``SKIP LOCKED`` lets concurrent claims take different keys
         instead of both waiting for the same row.
         """
+        async with self._engine.begin() as conn:
+            if one_time:
+                return await self._take_one_time(conn, device_pk) or await self._take_fallback(
+                    conn, device_pk
+                )
+            return await self._take_fallback(conn, device_pk) or await self._take_one_time(
+                conn, device_pk
+            )
+
+    @staticmethod
+    async def _remaining(conn: AsyncConnection, device_pk: int) -> int:
+        return int(
+            (
+                await conn.execute(
+                    select(func.count()).where(one_time_keys.c.device_pk == device_pk)
+                )
+            ).scalar_one()
+        )
+
+    async def _take_one_time(self, conn: AsyncConnection, device_pk: int) -> ClaimedKeyRow | None:
         oldest = (
             select(one_time_keys.c.id)
             .where(one_time_keys.c.device_pk == device_pk)
@@ -96,37 +118,36 @@ class KeyStore:
             .with_for_update(skip_locked=True)
             .scalar_subquery()
         )
-        async with self._engine.begin() as conn:
-            row = (
-                await conn.execute(
-                    delete(one_time_keys)
-                    .where(one_time_keys.c.id == oldest)
-                    .returning(
-                        one_time_keys.c.key_id,
-                        one_time_keys.c.public_key,
-                        one_time_keys.c.signature,
-                    )
+        row = (
+            await conn.execute(
+                delete(one_time_keys)
+                .where(one_time_keys.c.id == oldest)
+                .returning(
+                    one_time_keys.c.key_id,
+                    one_time_keys.c.public_key,
+                    one_time_keys.c.signature,
                 )
-            ).first()
-            if row is not None:
-                remaining = (
-                    await conn.execute(
-                        select(func.count()).where(one_time_keys.c.device_pk == device_pk)
-                    )
-                ).scalar_one()
-                return ClaimedKeyRow(device_pk, SignedKeyRow(*row), False, int(remaining))
-            fb = (
-                await conn.execute(
-                    update(fallback_keys)
-                    .where(fallback_keys.c.device_pk == device_pk)
-                    .values(used=True)
-                    .returning(
-                        fallback_keys.c.key_id,
-                        fallback_keys.c.public_key,
-                        fallback_keys.c.signature,
-                    )
+            )
+        ).first()
+        if row is None:
+            return None
+        remaining = await self._remaining(conn, device_pk)
+        return ClaimedKeyRow(device_pk, SignedKeyRow(*row), False, remaining)
+
+    async def _take_fallback(self, conn: AsyncConnection, device_pk: int) -> ClaimedKeyRow | None:
+        row = (
+            await conn.execute(
+                update(fallback_keys)
+                .where(fallback_keys.c.device_pk == device_pk)
+                .values(used=True)
+                .returning(
+                    fallback_keys.c.key_id,
+                    fallback_keys.c.public_key,
+                    fallback_keys.c.signature,
                 )
-            ).first()
-            if fb is None:
-                return None
-            return ClaimedKeyRow(device_pk, SignedKeyRow(*fb), True, 0)
+            )
+        ).first()
+        if row is None:
+            return None
+        remaining = await self._remaining(conn, device_pk)
+        return ClaimedKeyRow(device_pk, SignedKeyRow(*row), True, remaining)

@@ -69,15 +69,28 @@ class RendezvousStore:
             )
             return bool(result.rowcount)
 
-    async def post(self, channel: str, role: str, body: str, now: int, limit: int) -> int | None:
-        """Append a message; ``None`` if the channel already holds ``limit`` messages."""
+    async def post(
+        self, channel: str, role: str, body: str, now: int, max_messages: int, max_bytes: int
+    ) -> int | None:
+        """Append a message; ``None`` if the channel would then hold more than
+        ``max_messages`` messages or ``max_bytes`` bytes (bodies are ASCII)."""
+        size = len(body)
+        held = (
+            select(func.count()).where(rendezvous_messages.c.channel == channel).scalar_subquery()
+        )
         async with self._engine.begin() as conn:
-            count = (
-                await conn.execute(
-                    select(func.count()).where(rendezvous_messages.c.channel == channel)
+            # One statement checks and counts, and takes the channel row's write
+            # lock first: concurrent writes cannot both pass the cap.
+            grown = await conn.execute(
+                update(rendezvous)
+                .where(
+                    rendezvous.c.channel == channel,
+                    rendezvous.c.bytes_written + size <= max_bytes,
+                    held < max_messages,
                 )
-            ).scalar_one()
-            if count >= limit:
+                .values(bytes_written=rendezvous.c.bytes_written + size)
+            )
+            if not grown.rowcount:
                 return None
             return int(
                 (
@@ -115,3 +128,9 @@ class RendezvousStore:
     async def close(self, channel: str) -> None:
         async with self._engine.begin() as conn:
             await conn.execute(delete(rendezvous).where(rendezvous.c.channel == channel))
+
+    async def purge(self, now: int) -> int:
+        """Delete expired channels and (by cascade) their messages; returns how many."""
+        async with self._engine.begin() as conn:
+            result = await conn.execute(delete(rendezvous).where(rendezvous.c.expires_at < now))
+            return int(result.rowcount or 0)

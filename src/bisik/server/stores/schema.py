@@ -151,6 +151,8 @@ rendezvous = Table(
     Column("existing_token_hash", LargeBinary(32), nullable=True),
     Column("created_at", BigInteger, nullable=False),
     Column("expires_at", BigInteger, nullable=False),
+    # Sum of the messages' sizes, capped (ServerConfig.rendezvous_bytes_per_channel).
+    Column("bytes_written", BigInteger, nullable=False, server_default="0"),
 )
 
 rendezvous_messages = Table(
@@ -175,8 +177,19 @@ backups = Table(
     Column("version", BigInteger, nullable=False),
     Column("ciphertext", Text, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
-    Column("challenge", String(64), nullable=True),
-    Column("challenge_expires_at", BigInteger, nullable=True),
+)
+
+# Outstanding challenges to fetch a backup, one per request (a few per user, the
+# oldest evicted), each used once and short-lived.
+backup_challenges = Table(
+    "backup_challenges",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("user_id", Id, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("challenge", String(64), nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+    Index("ix_backup_challenges_user", "user_id", "id"),
+    sqlite_autoincrement=True,
 )
 
 conversations = Table(
