@@ -284,3 +284,21 @@ def test_window_limiter_bounds_what_is_alive_at_once() -> None:
     assert window.take("a") == pytest.approx(10)
     # A channel lives at most as long as the window over which openings are counted.
     assert PAIRING_TTL_MS + LINKING_TTL_MS <= RENDEZVOUS_WINDOW_S * 1000
+
+
+async def test_socket_key_claims_count_per_requester(server_factory: ServerFactory) -> None:
+    """``keys_claim`` over the socket spends the claiming device's allowance as
+    the HTTP claim does (it counted only the claimed device's)."""
+    server = await server_factory(**STRICT, key_claims_per_device_per_hour=2)
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        devs = [Dev.new(f"s{i}{secrets.token_hex(2)}") for i in range(4)]
+        for dev in devs:
+            await register(http, dev, otks=5)
+        mallory, targets = devs[0], devs[1:]
+        sock = Sock()
+        await sock.connect(server.url, {"token": await login(http, mallory)})
+        try:
+            ack = await sock.call("keys_claim", {"devices": [t.ref() for t in targets]})
+        finally:
+            await sock.close()
+    assert [k["fallback"] for k in ack["keys"]] == [False, False, True], ack

@@ -27,7 +27,7 @@ class CryptoConcern(ConcernBase):
 
     async def claim(self, conn: Connection, data: Any) -> dict[str, Any]:
         req = parse_model(ClaimRequest, data)
-        return (await self.services.keys.claim(req)).model_dump()
+        return (await self.services.keys.claim(req, conn.device)).model_dump()
 
     async def devices(self, conn: Connection, data: Any) -> dict[str, Any]:
         username = data.get("username") if isinstance(data, dict) else None
