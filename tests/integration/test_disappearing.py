@@ -199,14 +199,18 @@ async def test_server_purges_expired_and_old_envelopes(
     assert before[1] == 1 and before[2] >= 3
     store = server.services.messages._messages
     server_now = int(time.time() * 1000)
-    assert await store.purge(server_now, 30 * 86400 * SECOND) == (0, 0)
+    assert await store.purge(server_now, 30 * 86400 * SECOND, 48 * 3600 * SECOND) == (0, 0)
     # Past the hard cap (twice the timer): the disappearing message and its envelopes go.
-    gone, dropped = await store.purge(server_now + 61 * SECOND, 30 * 86400 * SECOND)
+    gone, dropped = await store.purge(
+        server_now + 61 * SECOND, 30 * 86400 * SECOND, 48 * 3600 * SECOND
+    )
     assert gone == 1 and dropped >= 1
     after = await message_rows(server)
     assert after[1] == 0 and after[2] == before[2] - dropped
     # Past the retention: every undelivered envelope and its message record go.
-    gone, dropped = await store.purge(server_now + 31 * 86400 * SECOND, 30 * 86400 * SECOND)
+    gone, dropped = await store.purge(
+        server_now + 31 * 86400 * SECOND, 30 * 86400 * SECOND, 48 * 3600 * SECOND
+    )
     assert await message_rows(server) == (0, 0, 0)
 
     b_in = bob.subscribe()

@@ -29,11 +29,16 @@ from tests.integration.test_devices import link
 
 
 async def chat_once(a: Client, b: Client) -> None:
-    """A first message makes a and b conversation partners."""
-    inbox = b.subscribe()
+    """A first message and b's delivered receipt back make a and b conversation
+    partners (each has sent the other something)."""
+    inbox, receipts = b.subscribe(), a.subscribe()
     sent = await a.send_text(b.username, "hello")
     await a.wait_sent(sent.id, timeout=10)
     await next_event(inbox, MessageReceived)
+    while True:
+        receipt = await next_event(receipts, ReceiptUpdated)
+        if receipt.kind == "delivered" and sent.id in receipt.message_ids:
+            return
 
 
 async def test_presence_reaches_only_partners_and_is_reciprocal(
@@ -65,6 +70,68 @@ async def test_presence_reaches_only_partners_and_is_reciprocal(
     assert await alice.presence("bob") is None
     await alice.update_settings(presence=True)
     assert await alice.presence("bob") is not None
+
+
+async def _junk_to(sender: Client, recipient: Client, message_id: str) -> None:
+    """A stored envelope nobody can decrypt, from a sender the recipient never wrote to."""
+    await sender.transport.call(
+        "send",
+        {
+            "client_message_id": message_id,
+            "envelopes": [
+                {
+                    "username": recipient.username,
+                    "device_id": recipient.device_id,
+                    "type": 1,
+                    "body": "AAAA" * 8,
+                }
+            ],
+        },
+    )
+
+
+async def test_one_sided_messages_give_no_presence_or_typing(make_client: ClientFactory) -> None:
+    """Sending to a stranger (even many times) does not make them a partner: a pair
+    counts for presence and typing only once each side has sent the other something."""
+    mallory = await make_client("mallory")
+    carol = await make_client("carol")
+    await _junk_to(mallory, carol, "junkcarol0001")
+    await _junk_to(mallory, carol, "junkcarol0002")
+
+    with pytest.raises(ProtocolError) as err:
+        await mallory.presence("carol")
+    assert err.value.code == "not_in_conversation"
+    typing = await mallory.encrypt_for(
+        "typingcarol002",
+        {"to": "carol", "type": "typing", "scope": "peer", "typing": True, "sent_at": 1},
+    )
+    with pytest.raises(ProtocolError) as err:
+        await mallory.transport.call(
+            "send", {"client_message_id": "typingcarol002", "envelopes": typing, "ephemeral": True}
+        )
+    assert err.value.code == "not_in_conversation"
+    # carol does not see mallory's either: the pair is not one for her side alone.
+    with pytest.raises(ProtocolError) as err:
+        await carol.presence("mallory")
+    assert err.value.code == "not_in_conversation"
+    watching = mallory.subscribe()
+    await carol.close()
+    await asyncio.sleep(0.3)
+    assert not any(isinstance(e, PresenceChanged) for e in _drain(watching))
+
+
+async def test_a_reply_makes_the_pair(make_client: ClientFactory) -> None:
+    alice = await make_client("alice")
+    bob = await make_client("bob")
+    await _junk_to(alice, bob, "junkbob000001")
+    with pytest.raises(ProtocolError):
+        await alice.presence("bob")
+    sent = await bob.send_text("alice", "who is this?")
+    await bob.wait_sent(sent.id, timeout=10)
+    seen = await alice.presence("bob")
+    assert seen is not None and seen.online
+    seen = await bob.presence("alice")
+    assert seen is not None and seen.online
 
 
 def _drain(queue: asyncio.Queue[Any]) -> list[Any]:

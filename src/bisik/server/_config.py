@@ -77,6 +77,13 @@ class ServerConfig:
     # at the time their sender set); the purge runs every ``purge_interval_s``.
     retention_s: int = 30 * 24 * 3600
     purge_interval_s: float = 60.0
+    # A message's record (sender device, client id, time) outlives its last
+    # envelope this long, to recognise a retry whose answer was lost (the client
+    # resends on its next connect).
+    dedup_window_s: int = 48 * 3600
+    # Conversation pairs (presence and typing between two users) are forgotten
+    # when no message passed between them for this long.
+    conversation_ttl_s: int = 90 * 24 * 3600
 
     @property
     def resolved_database_url(self) -> str:

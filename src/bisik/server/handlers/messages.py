@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import NamedTuple
 
 from bisik.proto import (
     AckRequest,
@@ -56,6 +57,14 @@ def _require_known(refs: list[tuple[str, str]], resolved: dict[tuple[str, str], 
     unknown = [f"{u}/{d}" for u, d in refs if (u, d) not in resolved]
     if unknown:
         raise ProtocolError(ErrorCode.UNKNOWN_DEVICE, f"no such device: {', '.join(unknown[:10])}")
+
+
+class Purged(NamedTuple):
+    """What one pass of the retention purge deleted."""
+
+    messages: int
+    envelopes: int
+    pairs: int
 
 
 class MessagesHandler:
@@ -232,20 +241,25 @@ class MessagesHandler:
             )
         return SendResult(seq=0, ts=now, duplicate=False)
 
-    async def purge(self) -> tuple[int, int]:
+    async def purge(self) -> Purged:
         """One pass of the retention purge (see ``run_purge``)."""
-        return await self._messages.purge(now_ms(), self._config.retention_s * 1000)
+        messages, envelopes = await self._messages.purge(
+            now_ms(), self._config.retention_s * 1000, self._config.dedup_window_s * 1000
+        )
+        pairs = await self._presence.expire_pairs(self._config.conversation_ttl_s)
+        return Purged(messages, envelopes, pairs)
 
     async def run_purge(self) -> None:
-        """Purge every ``purge_interval_s`` until cancelled."""
+        """Purge every ``purge_interval_s`` until cancelled: expired messages and
+        envelopes, and the conversation pairs their sends recorded."""
         while True:
             try:
-                messages, envelopes = await self.purge()
+                purged = await self.purge()
             except Exception:
                 log.exception("message purge failed")
             else:
-                if messages or envelopes:
-                    log.info("purged %d messages, %d envelopes", messages, envelopes)
+                if any(purged):
+                    log.info("purged %d messages, %d envelopes, %d conversation pairs", *purged)
             await asyncio.sleep(self._config.purge_interval_s)
 
     async def sync(self, device: DeviceHandle, req: SyncRequest) -> SyncResult:

@@ -6,6 +6,10 @@ from bisik.server.handlers._notifier import Notifier
 from bisik.server.stores import DeviceHandle
 from bisik.server.stores.presence import Announcement, PresenceStore
 
+DAY_MS = 86_400_000
+# Sides remembered as recorded today before the memory starts over.
+MAX_REMEMBERED = 100_000
+
 
 class PresenceHandler:
     """Online state and last seen, shown only to conversation partners.
@@ -17,9 +21,10 @@ class PresenceHandler:
         self._store = store
         self._notifier = notifier
         self._user_pks: dict[str, int] = {}
-        # Pairs known to be recorded: most messages go between known partners, and
-        # the send path should not touch the database for them again.
-        self._pairs: set[tuple[int, int]] = set()
+        # (sender, recipient) -> the day that side of the pair was last recorded:
+        # most messages go between known partners, and the send path should touch
+        # the database for them once a day at most.
+        self._recorded: dict[tuple[int, int], int] = {}
 
     async def user_pk(self, username: str) -> int | None:
         pk = self._user_pks.get(username)
@@ -62,17 +67,28 @@ class PresenceHandler:
             )
 
     async def record_conversations(self, sender: str, recipients: set[str]) -> None:
+        """A stored message went from ``sender`` to ``recipients``: record the
+        sender's side of each pair. A pair counts (presence, typing) once both
+        sides are recorded, so writing to someone alone never makes them a partner."""
         me = await self.user_pk(sender)
         if me is None:
             return
-        pairs = []
+        today = now_ms() // DAY_MS * DAY_MS
+        fresh = []
         for other in recipients - {sender}:
             pk = await self.user_pk(other)
-            if pk is not None and (min(me, pk), max(me, pk)) not in self._pairs:
-                pairs.append((me, pk))
-        if pairs:
-            await self._store.add_pairs(pairs, now_ms())
-            self._pairs.update((min(a, b), max(a, b)) for a, b in pairs)
+            if pk is not None and self._recorded.get((me, pk)) != today:
+                fresh.append(pk)
+        if fresh:
+            await self._store.record_sends(me, fresh, today)
+            if len(self._recorded) > MAX_REMEMBERED:
+                self._recorded.clear()
+            self._recorded.update(((me, pk), today) for pk in fresh)
+
+    async def expire_pairs(self, ttl_s: int) -> int:
+        """Forget the pairs no message passed in for ``ttl_s``; how many."""
+        # Sides remembered as recorded today are in pairs used today: never these.
+        return await self._store.expire_pairs(now_ms() - ttl_s * 1000)
 
     async def query(self, device: DeviceHandle, username: str) -> PresenceInfo:
         await self.require_conversation(device, {username})

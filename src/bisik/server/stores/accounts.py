@@ -327,6 +327,9 @@ class AccountStore:
     async def revoke_device(self, username: str, device_id: str, now: int) -> int | None:
         """Revoke a device: it loses its tokens, keys and queue, and can never come back.
 
+        Its row stays while the account exists (its id and keys stay taken: a
+        replayed registration fails), without its name and last seen time.
+
         Returns its primary key, or ``None`` if the user has no such live device.
         """
         async with self._engine.begin() as conn:
@@ -339,7 +342,7 @@ class AccountStore:
                         devices.c.device_id == device_id,
                         devices.c.revoked_at.is_(None),
                     )
-                    .values(revoked_at=now)
+                    .values(revoked_at=now, name=None, last_seen_at=None)
                     .returning(devices.c.id)
                 )
             ).scalar_one_or_none()

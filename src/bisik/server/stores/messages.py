@@ -168,13 +168,15 @@ class MessageStore:
 
         return await self._db.write(write)
 
-    async def purge(self, now: int, retention_ms: int) -> tuple[int, int]:
-        """Drop expired disappearing messages, and envelopes (and the message
-        records kept for idempotency) older than the retention.
+    async def purge(self, now: int, retention_ms: int, dedup_ms: int) -> tuple[int, int]:
+        """Drop expired disappearing messages, envelopes older than the retention,
+        and the records of messages with no envelope left once older than the
+        de-duplication window (nothing else reads them: they only recognise a retry).
 
         Returns ``(messages, envelopes)`` deleted.
         """
         old = now - retention_ms
+        settled = now - dedup_ms
 
         def write(conn: Connection) -> tuple[int, int]:
             expired = select(messages.c.id).where(messages.c.expires_at <= now)
@@ -187,7 +189,7 @@ class MessageStore:
                 delete(messages).where(
                     (messages.c.expires_at <= now)
                     | (
-                        (messages.c.created_at < old)
+                        (messages.c.created_at < settled)
                         & ~exists().where(envelopes.c.message_id == messages.c.id)
                     )
                 )

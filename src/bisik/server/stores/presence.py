@@ -3,7 +3,21 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Integer, Update, bindparam, func, insert, or_, select, update
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Insert,
+    Integer,
+    Update,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.sql.elements import BindParameter
 
 from bisik.server._db import OneHop
@@ -40,10 +54,14 @@ class _SocketChange:
 # every socket, and building one costs more than SQLite takes to run it.
 _USER: BindParameter[int] = bindparam("user_pk", type_=Integer)
 
+# A pair counts once each side has sent the other a message: one side alone
+# (a stranger writing, however often) learns nothing of the other's presence.
+_mutual = conversations.c.a_sent & conversations.c.b_sent
+
 # Users who share a conversation with the user.
 _partners = users.c.id.in_(
-    select(conversations.c.user_b).where(conversations.c.user_a == _USER)
-) | users.c.id.in_(select(conversations.c.user_a).where(conversations.c.user_b == _USER))
+    select(conversations.c.user_b).where(conversations.c.user_a == _USER, _mutual)
+) | users.c.id.in_(select(conversations.c.user_a).where(conversations.c.user_b == _USER, _mutual))
 
 _partner_names = select(users.c.username).where(_partners)
 
@@ -80,14 +98,32 @@ def _socket_change(d: Dialect) -> Update:
         .where(devices.c.id == bindparam("device_pk"))
         .values(
             online_count=d.greatest(devices.c.online_count + bindparam("delta"), 0),
-            last_seen_at=bindparam("now"),
+            # A revoked device's sockets close after its revocation cleared this.
+            last_seen_at=case(
+                (devices.c.revoked_at.is_(None), bindparam("now", type_=BigInteger)), else_=None
+            ),
         )
         .returning(devices.c.user_id)
     )
 
 
 _SOCKET_CHANGE = PerDialect(_socket_change)
-_ADD_PAIRS = PerDialect(lambda d: d.insert(conversations).on_conflict_do_nothing())
+
+
+def _record_sends(d: Dialect) -> Insert:
+    new = d.insert(conversations)
+    upsert: Insert = new.on_conflict_do_update(
+        index_elements=[conversations.c.user_a, conversations.c.user_b],
+        set_={
+            "a_sent": conversations.c.a_sent | new.excluded.a_sent,
+            "b_sent": conversations.c.b_sent | new.excluded.b_sent,
+            "used_on": d.greatest(conversations.c.used_on, new.excluded.used_on),
+        },
+    )
+    return upsert
+
+
+_RECORD_SENDS = PerDialect(_record_sends)
 
 
 def _share_presence(conn: Connection, user_pk: int) -> bool:
@@ -122,7 +158,8 @@ def _announcement(conn: Connection, user_pk: int, state: _State) -> Announcement
 
 
 class PresenceStore:
-    """Who shares a conversation with whom, privacy settings, and live device counts.
+    """Who shares a conversation with whom (each side has sent the other a
+    message), privacy settings, and live device counts.
 
     Every method is one ``OneHop`` step; socket connects and disconnects, which
     come in bursts (a restarted server's clients all reconnect at once), are
@@ -137,19 +174,31 @@ class PresenceStore:
         """Wait for the writes already submitted (the server stops)."""
         await self._changes.close()
 
-    async def add_pairs(self, pairs: Iterable[tuple[int, int]], now: int) -> None:
-        """Record 1:1 conversations between user primary keys (either order)."""
+    async def record_sends(self, sender_pk: int, recipient_pks: Iterable[int], day: int) -> None:
+        """Record that a user sent a stored message to each of ``recipient_pks``
+        on ``day`` (the start of a UTC day, ms): their side of each pair, and the
+        pair's last use."""
         rows = [
-            {"user_a": a, "user_b": b, "created_at": now}
-            for a, b in sorted({(min(p), max(p)) for p in pairs if p[0] != p[1]})
+            {"user_a": min(sender_pk, r), "user_b": max(sender_pk, r), "used_on": day}
+            | {"a_sent": sender_pk < r, "b_sent": sender_pk > r}
+            for r in sorted(set(recipient_pks) - {sender_pk})
         ]
         if not rows:
             return
 
         def work(conn: Connection) -> None:
-            conn.execute(_ADD_PAIRS.on(conn), rows)
+            conn.execute(_RECORD_SENDS.on(conn), rows)
 
         await self._db.write(work)
+
+    async def expire_pairs(self, before: int) -> int:
+        """Forget pairs last used before ``before`` (ms); how many."""
+
+        def work(conn: Connection) -> int:
+            gone = conn.execute(delete(conversations).where(conversations.c.used_on < before))
+            return int(gone.rowcount)
+
+        return await self._db.write(work)
 
     async def share_conversation(self, user_pk: int, other_pks: Iterable[int]) -> set[int]:
         """Which of ``other_pks`` share a conversation with ``user_pk``."""
@@ -161,7 +210,8 @@ class PresenceStore:
             rows = conn.execute(
                 select(conversations.c.user_a, conversations.c.user_b).where(
                     ((conversations.c.user_a == user_pk) & conversations.c.user_b.in_(others))
-                    | ((conversations.c.user_b == user_pk) & conversations.c.user_a.in_(others))
+                    | ((conversations.c.user_b == user_pk) & conversations.c.user_a.in_(others)),
+                    _mutual,
                 )
             ).all()
             return {int(b) if a == user_pk else int(a) for a, b in rows}

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
     select,
 )
 from sqlalchemy.sql.selectable import ScalarSelect
@@ -192,13 +193,21 @@ backup_challenges = Table(
     sqlite_autoincrement=True,
 )
 
+# Two users who wrote to each other (user_a < user_b): the membership test for
+# presence and typing, which a pair passes only once each side has sent the other
+# a stored message. Forgotten ``conversation_ttl_s`` after its last use.
 conversations = Table(
     "conversations",
     metadata,
     Column("user_a", Id, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
     Column("user_b", Id, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
-    Column("created_at", BigInteger, nullable=False),
+    Column("a_sent", Boolean, nullable=False, server_default=false()),
+    Column("b_sent", Boolean, nullable=False, server_default=false()),
+    # The start (UTC) of the last day a message passed between them: a day, not a
+    # time, so that it tells little and is written once a day at most.
+    Column("used_on", BigInteger, nullable=False),
     Index("ix_conversations_user_b", "user_b"),
+    Index("ix_conversations_used_on", "used_on"),
 )
 
 user_settings = Table(
