@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,11 @@ PASSWORD = "correct horse battery staple"
 
 
 RunningServer = EmbeddedServer
+
+
+def now_ms() -> int:
+    """Now, as a ``sent_at``: receivers refuse content with an impossible time."""
+    return int(time.time() * 1000)
 
 
 async def _postgres_database() -> tuple[str, Callable[[], Awaitable[None]]]:

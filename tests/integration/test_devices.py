@@ -29,7 +29,7 @@ from bisik.crypto import IdentityKey
 from bisik.server.realtime import namespace as namespace_module
 from bisik.server.stores.schema import devices, rendezvous, users
 from tests import _internals as internals
-from tests.conftest import FAST_KDF, PASSWORD, ClientFactory, RunningServer, next_event
+from tests.conftest import FAST_KDF, PASSWORD, ClientFactory, RunningServer, next_event, now_ms
 
 
 async def link(
@@ -159,7 +159,7 @@ async def test_revoked_device_is_signed_out_and_gets_nothing(
 
         await asyncio.sleep(0.3)
         envelopes = await bob.encrypt_for(
-            "afterrevoke001", {"to": "alice", "body": "x", "sent_at": 1}
+            "afterrevoke001", {"to": "alice", "body": "x", "sent_at": now_ms()}
         )
         assert {e["device_id"] for e in envelopes} == {alice.device_id}
         with pytest.raises(ProtocolError) as err:
@@ -200,7 +200,7 @@ async def test_a_message_to_a_device_list_gone_stale_unnoticed_is_encrypted_agai
         # one refetched (what he encrypts to now leaves the revoked phone out).
         assert await bob.drain_outbox(10)
         envelopes = await bob.encrypt_for(
-            "afterstale001", {"to": "alice", "body": "x", "sent_at": 1}
+            "afterstale001", {"to": "alice", "body": "x", "sent_at": now_ms()}
         )
         assert {e["device_id"] for e in envelopes} == {alice.device_id}
     finally:

@@ -31,6 +31,7 @@ from tests.conftest import (
     ClientFactory,
     RunningServer,
     next_event,
+    now_ms,
 )
 from tests.integration.test_devices import link
 
@@ -324,7 +325,8 @@ async def test_server_refuses_non_members(make_client: ClientFactory) -> None:
         assert info.value.code == ErrorCode.NOT_A_MEMBER, event
     # A key request (an Olm envelope about the group) from a non-member.
     envelopes_ = await mallory.encrypt_for(
-        "mallorykeyreq1", {"to": "alice", "type": "key_request", "sent_at": 1, "scope": "peer"}
+        "mallorykeyreq1",
+        {"to": "alice", "type": "key_request", "sent_at": now_ms(), "scope": "peer"},
     )
     with pytest.raises(ProtocolError) as info:
         await mallory.transport.call(
@@ -520,7 +522,7 @@ async def test_forged_key_answers_and_removed_senders_are_refused(
             username="mallory", device_id=mallory.device_id, ed25519=stamp(mallory).ed25519
         ),
         group_id=group.group_id,
-        sent_at=1,
+        sent_at=now_ms(),
         body="I was never removed",
     )
     body = ratchet.encrypt(content.model_dump_json().encode())

@@ -15,7 +15,7 @@ from bisik.crypto import IdentityKey, b64encode, device_payload
 from bisik.server.stores.schema import devices, envelopes, messages, users
 from tests._internals import devices as device_directory
 from tests._internals import group_store, machine, stamp
-from tests.conftest import ClientFactory, RunningServer, next_event
+from tests.conftest import ClientFactory, RunningServer, next_event, now_ms
 
 
 async def inject_device(
@@ -71,7 +71,7 @@ async def test_unsigned_injected_device_gets_nothing(
     bob = await make_client("bob")
     await inject_device(server, "bob", IdentityKey.generate())  # not bob's identity key
     envelopes = await alice.encrypt_for(
-        "injected000001", {"to": "bob", "body": "secret", "sent_at": 1}
+        "injected000001", {"to": "bob", "body": "secret", "sent_at": now_ms()}
     )
     assert [(e["username"], e["device_id"]) for e in envelopes] == [("bob", bob.device_id)]
 
@@ -133,7 +133,7 @@ async def test_messages_from_an_impostor_identity_are_held_until_trusted(
             username="alice", device_id=alice.device_id, ed25519=stamp(alice).ed25519
         ),
         to="alice",
-        sent_at=1,
+        sent_at=now_ms(),
         body="I am bob, honest",
     )
     msg_type, body = session.encrypt(content.model_dump_json().encode()).to_parts()

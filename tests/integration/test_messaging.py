@@ -21,7 +21,7 @@ from bisik.client import _inbox as inbox_module
 from bisik.server import free_port
 from bisik.server.stores.schema import devices, envelopes
 from tests import _internals as internals
-from tests.conftest import PASSWORD, ClientFactory, RunningServer, next_event
+from tests.conftest import PASSWORD, ClientFactory, RunningServer, next_event, now_ms
 
 
 async def received_bodies(queue: asyncio.Queue[object], count: int) -> list[str]:
@@ -377,7 +377,7 @@ async def test_resent_message_id_is_stored_and_delivered_once(
     bob = await make_client("bob", connect=False)
     # What the outbox does after a reconnect: the same id and envelopes again.
     envelopes = await alice.encrypt_for(
-        "retrymessage01", {"to": "bob", "body": "only once", "sent_at": 1}
+        "retrymessage01", {"to": "bob", "body": "only once", "sent_at": now_ms()}
     )
     first = await alice.transport.call(
         "send", {"client_message_id": "retrymessage01", "envelopes": envelopes}
@@ -406,7 +406,7 @@ async def test_tampered_envelope_is_rejected_and_nothing_else_breaks(
     await next_event(inbox, MessageReceived)
 
     envelopes = await alice.encrypt_for(
-        "tampered000001", {"to": "bob", "body": "evil", "sent_at": 1}
+        "tampered000001", {"to": "bob", "body": "evil", "sent_at": now_ms()}
     )
     body = envelopes[0]["body"]
     middle = len(body) // 2
@@ -430,7 +430,7 @@ async def test_envelope_for_another_device_is_refused(make_client: ClientFactory
     carol = await make_client("carol")
     inbox = carol.subscribe()
     envelopes = await alice.encrypt_for(
-        "misrouted00001", {"to": "bob", "body": "for bob only", "sent_at": 1}
+        "misrouted00001", {"to": "bob", "body": "for bob only", "sent_at": now_ms()}
     )
     carol_device = carol.device_id
     envelopes[0]["username"] = "carol"

@@ -24,7 +24,7 @@ from bisik.client import (
     TypingChanged,
 )
 from tests._internals import signals
-from tests.conftest import ClientFactory, RunningServer, next_event
+from tests.conftest import ClientFactory, RunningServer, next_event, now_ms
 from tests.integration.test_devices import link
 
 
@@ -103,7 +103,7 @@ async def test_one_sided_messages_give_no_presence_or_typing(make_client: Client
     assert err.value.code == "not_in_conversation"
     typing = await mallory.encrypt_for(
         "typingcarol002",
-        {"to": "carol", "type": "typing", "scope": "peer", "typing": True, "sent_at": 1},
+        {"to": "carol", "type": "typing", "scope": "peer", "typing": True, "sent_at": now_ms()},
     )
     with pytest.raises(ProtocolError) as err:
         await mallory.transport.call(
@@ -162,7 +162,7 @@ async def test_typing_is_throttled_expires_and_needs_a_conversation(
     # No conversation with carol: the server refuses to relay.
     envelopes = await alice.encrypt_for(
         "typingcarol001",
-        {"to": "carol", "type": "typing", "scope": "peer", "typing": True, "sent_at": 1},
+        {"to": "carol", "type": "typing", "scope": "peer", "typing": True, "sent_at": now_ms()},
     )
     with pytest.raises(ProtocolError) as err:
         await alice.transport.call(
