@@ -319,7 +319,8 @@ async def test_recover_the_account_on_a_fresh_device(
 async def test_a_large_backup_is_uploaded_again_less_often(
     make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    alice = await make_client("alice")
+    # Not connected: no worker step uploads a due backup behind the test's back.
+    alice = await make_client("alice", connect=False)
     backup = internals.backup(alice)
     uploads: list[int] = []
     request = alice.transport.request
