@@ -327,7 +327,9 @@ class LocalStore:
             StoreMisuse: a write outside ``transaction()``, or from another task
                 than the one whose transaction is open.
         """
-        if sql[:6].upper() in _WRITES and (self._depth == 0 or _current_task() is not self._owner):
+        if sql[:6].upper() in _WRITES and (
+            self._depth == 0 or (self._owner is not None and _current_task() is not self._owner)
+        ):
             raise StoreMisuse(
                 "a store write outside its task's transaction"
                 if self._depth
