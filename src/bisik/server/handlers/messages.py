@@ -180,12 +180,14 @@ class MessagesHandler:
         the pushes (unless ``push`` is false: then the caller pushes the rows
         returned) and the bookkeeping."""
         _require_known(stored.unknown, {})
+        if not stored.duplicate:
+            # Before the pushes: whoever is told of this send may ask for presence.
+            recipients = {e.username for e in req.envelopes}
+            await self._presence.record_conversations(sender.username, recipients)
         if push:
             for row in stored.envelopes:
                 await self._notifier.deliver(row.recipient_pk, _envelope(row))
         if not stored.duplicate:
-            recipients = {e.username for e in req.envelopes}
-            await self._presence.record_conversations(sender.username, recipients)
             self._push.notify(stored.push)
         result = SendResult(seq=stored.seq, ts=stored.ts, duplicate=stored.duplicate)
         return result, stored.envelopes
