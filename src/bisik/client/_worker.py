@@ -98,10 +98,6 @@ class Worker:
         self._timers.add(handle)
         return handle
 
-    def cancel_later(self, handle: asyncio.TimerHandle) -> None:
-        handle.cancel()
-        self._timers.discard(handle)
-
     def spawn(self, work: Awaitable[Any]) -> None:
         """Run ``work`` in the background (awaited, at most 5 s, by ``stop``)."""
         task = asyncio.ensure_future(work)
